@@ -1,0 +1,5 @@
+import sys
+
+from taskflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""/healthz (the process answers), /readyz (its dependencies answer)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from quart import Blueprint, Response
+
+from taskflow.api import state
+from taskflow.api.responses import json_response
+from taskflow.store import CONNECTION_ERRORS
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/healthz")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+async def readyz() -> Response:
+    api = state()
+    checks: dict[str, str] = {}
+    try:
+        assert api.store is not None
+        await asyncio.wait_for(api.store.ready(), 2)
+        checks["postgres"] = "ok"
+    except (*CONNECTION_ERRORS, AssertionError) as exc:
+        checks["postgres"] = f"unavailable: {type(exc).__name__}"
+    if api.settings.broker_enabled:
+        connected = api.broker is not None and api.broker.connected.is_set()
+        checks["rabbitmq"] = "ok" if connected else "unavailable"
+    else:
+        checks["rabbitmq"] = "not configured"
+    ready = all(value in ("ok", "not configured") for value in checks.values())
+    body = {"status": "ready" if ready else "not ready", "checks": checks}
+    if not ready:
+        body["error"] = "a dependency is unavailable"
+    return json_response(body, 200 if ready else 503)

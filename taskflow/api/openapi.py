@@ -1,0 +1,337 @@
+"""GET /api/openapi.json: the OpenAPI 3.1 document of the whole API.
+
+Request schemas come from the same pydantic models that validate requests, and
+one payload schema per registered task type, so the document cannot drift from
+what the server accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from quart import Blueprint, Response
+
+from taskflow import __version__
+from taskflow.api import state
+from taskflow.api.responses import json_response
+from taskflow.handlers import Registry
+from taskflow.models import (
+    Credentials,
+    LoginRequest,
+    TaskPatch,
+    TaskStatus,
+)
+
+blueprint = Blueprint("openapi", __name__)
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def _schema(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
+    document = model.model_json_schema(ref_template=REF_TEMPLATE)
+    schemas.update(document.pop("$defs", {}))
+    schemas[model.__name__] = document
+    return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def build_document(registry: Registry) -> dict[str, Any]:
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {"type": "string"},
+                "details": {},
+                "request_id": {"type": "string"},
+            },
+        },
+        "TaskStatus": {"type": "string", "enum": [s.value for s in TaskStatus]},
+        "Task": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "user_id": {"type": "integer"},
+                "type": {"type": "string"},
+                "payload": {"type": "object"},
+                "status": {"$ref": "#/components/schemas/TaskStatus"},
+                "priority": {"type": "integer", "minimum": -100, "maximum": 100},
+                "attempts": {"type": "integer"},
+                "retries": {"type": "integer"},
+                "max_retries": {"type": "integer", "minimum": 0, "maximum": 10},
+                "run_at": {"type": "string", "format": "date-time"},
+                "created_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "started_at": {"type": ["string", "null"], "format": "date-time"},
+                "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                "last_error": {"type": ["string", "null"]},
+                "result": {},
+            },
+        },
+        "HistoryEvent": {
+            "type": "object",
+            "properties": {
+                "at": {"type": "string", "format": "date-time"},
+                "event": {"type": "string"},
+                "from_status": {
+                    "oneOf": [{"$ref": "#/components/schemas/TaskStatus"}, {"type": "null"}]
+                },
+                "to_status": {"$ref": "#/components/schemas/TaskStatus"},
+                "attempt": {"type": "integer"},
+                "worker_id": {"type": ["string", "null"]},
+                "error": {"type": ["string", "null"]},
+                "actor": {"type": ["string", "null"]},
+            },
+        },
+    }
+    payload_refs = []
+    for task_type in registry:
+        ref = _schema(task_type.payload_model, schemas)
+        payload_refs.append(
+            {
+                "type": "object",
+                "required": ["type", "payload"],
+                "properties": {
+                    "type": {"const": task_type.name},
+                    "payload": ref,
+                    "max_retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 3},
+                    "run_at": {"type": "string", "format": "date-time"},
+                    "priority": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0},
+                },
+                "additionalProperties": False,
+            }
+        )
+    schemas["TaskCreate"] = {"oneOf": payload_refs}
+    credentials = _schema(Credentials, schemas)
+    login = _schema(LoginRequest, schemas)
+    patch = _schema(TaskPatch, schemas)
+    task = {"$ref": "#/components/schemas/Task"}
+    task_id_param = {
+        "name": "task_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }
+    secured = [{"bearer": []}]
+    common = {"401": _error("missing, invalid or expired token")}
+    not_found = {"400": _error("malformed id"), "404": _error("no such task (or not yours)")}
+
+    def op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"summary": summary, "responses": responses, **extra}
+
+    paths: dict[str, Any] = {
+        "/api/register": {
+            "post": op(
+                "Register a user",
+                {
+                    "201": _json(
+                        {"type": "object", "properties": {"user_id": {"type": "integer"}}}
+                    ),
+                    "400": _error("bad email or password"),
+                    "409": _error("email taken"),
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": credentials}},
+                },
+            )
+        },
+        "/api/login": {
+            "post": op(
+                "Log in and get a token",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "token": {"type": "string", "description": "'Bearer <jwt>'"},
+                                "access_token": {"type": "string"},
+                                "token_type": {"const": "Bearer"},
+                                "expires_in": {"type": "integer"},
+                            },
+                        }
+                    ),
+                    "400": _error("malformed request"),
+                    "401": _error("invalid email or password"),
+                },
+                requestBody={"required": True, "content": {"application/json": {"schema": login}}},
+            )
+        },
+        "/api/tasks": {
+            "post": op(
+                "Create a task",
+                {
+                    "201": _json(task, "created (or replayed for a repeated Idempotency-Key)"),
+                    "400": _error("invalid type, payload, run_at, max_retries or priority"),
+                    "409": _error("Idempotency-Key reused with a different request"),
+                    "413": _error("body too large"),
+                    **common,
+                },
+                security=secured,
+                parameters=[
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "maxLength": 255},
+                    }
+                ],
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/TaskCreate"}}
+                    },
+                },
+            ),
+            "get": op(
+                "List your tasks, newest first",
+                {
+                    "200": _json(
+                        {"type": "array", "items": task}, "a page; Link rel=next for more"
+                    ),
+                    "400": _error("bad filter, limit or cursor"),
+                    **common,
+                },
+                security=secured,
+                parameters=[
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"$ref": "#/components/schemas/TaskStatus"},
+                    },
+                    {"name": "type", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+            ),
+        },
+        "/api/tasks/batch": {
+            "post": op(
+                "Create up to 1000 tasks, all or nothing",
+                {
+                    "201": _json({"type": "array", "items": task}),
+                    "400": _error("an invalid item (details name its index); nothing created"),
+                    **common,
+                },
+                security=secured,
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["tasks"],
+                                "properties": {
+                                    "tasks": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": 1000,
+                                        "items": {"$ref": "#/components/schemas/TaskCreate"},
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        },
+        "/api/tasks/{task_id}": {
+            "parameters": [task_id_param],
+            "get": op("Get a task", {"200": _json(task), **not_found, **common}, security=secured),
+            "patch": op(
+                "Change a waiting task",
+                {"200": _json(task), **not_found, "409": _error("not waiting"), **common},
+                security=secured,
+                requestBody={"required": True, "content": {"application/json": {"schema": patch}}},
+            ),
+            "delete": op(
+                "Delete a finished task and its history",
+                {
+                    "204": {"description": "deleted"},
+                    **not_found,
+                    "409": _error("not finished"),
+                    **common,
+                },
+                security=secured,
+            ),
+        },
+        "/api/tasks/{task_id}/history": {
+            "parameters": [task_id_param],
+            "get": op(
+                "A task's history, oldest first",
+                {
+                    "200": _json(
+                        {"type": "array", "items": {"$ref": "#/components/schemas/HistoryEvent"}}
+                    ),
+                    **not_found,
+                    **common,
+                },
+                security=secured,
+            ),
+        },
+        "/api/tasks/{task_id}/cancel": {
+            "parameters": [task_id_param],
+            "post": op(
+                "Cancel a waiting or running task",
+                {"200": _json(task), **not_found, "409": _error("already finished"), **common},
+                security=secured,
+            ),
+        },
+        "/api/tasks/{task_id}/retry": {
+            "parameters": [task_id_param],
+            "post": op(
+                "Re-queue a failed or cancelled task",
+                {
+                    "200": _json(task),
+                    **not_found,
+                    "409": _error("not failed or cancelled"),
+                    **common,
+                },
+                security=secured,
+            ),
+        },
+        "/healthz": {"get": op("Liveness", {"200": _json({"type": "object"})})},
+        "/readyz": {
+            "get": op(
+                "Readiness: Postgres, and RabbitMQ when configured",
+                {"200": _json({"type": "object"}), "503": _error("a dependency is down")},
+            )
+        },
+        "/api/openapi.json": {"get": op("This document", {"200": _json({"type": "object"})})},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "TaskFlow", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+
+
+@blueprint.get("/api/openapi.json")
+async def openapi_document() -> Response:
+    api = state()
+    return json_response(build_document(api.registry))

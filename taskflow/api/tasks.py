@@ -1,0 +1,291 @@
+"""/api/tasks: create, batch create, list, get, history, patch, cancel, retry, delete.
+
+Another user's task is indistinguishable from a missing one: always 404.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+from uuid import UUID
+
+from quart import Blueprint, Response, request
+
+from taskflow.api import state
+from taskflow.api.responses import json_response, parse_model, read_model
+from taskflow.api.security import current_user_id, require_user
+from taskflow.enqueue import Enqueuer
+from taskflow.errors import InvalidTransition, TaskNotFound, ValidationFailed
+from taskflow.models import (
+    EDITABLE,
+    RETRYABLE,
+    TERMINAL,
+    TaskBatchCreate,
+    TaskCreate,
+    TaskPatch,
+    TaskStatus,
+)
+from taskflow.store import Record, Store
+
+blueprint = Blueprint("tasks", __name__)
+
+TASK_FIELDS = (
+    "id",
+    "user_id",
+    "type",
+    "payload",
+    "status",
+    "priority",
+    "attempts",
+    "retries",
+    "max_retries",
+    "run_at",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "last_error",
+    "result",
+)
+HISTORY_FIELDS = (
+    "at",
+    "event",
+    "from_status",
+    "to_status",
+    "attempt",
+    "worker_id",
+    "error",
+    "actor",
+)
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+
+
+def task_json(row: Record) -> dict[str, Any]:
+    return {field: row[field] for field in TASK_FIELDS}
+
+
+def _store() -> Store:
+    store = state().store
+    assert store is not None
+    return store
+
+
+def _enqueuer() -> Enqueuer:
+    enqueuer = state().enqueuer
+    assert enqueuer is not None
+    return enqueuer
+
+
+def _task_id(raw: str) -> UUID:
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise ValidationFailed(
+            "malformed task id", details=[{"field": "id", "message": "must be a UUID"}]
+        ) from None
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise ValidationFailed("Idempotency-Key must be 1 to 255 printable characters")
+    return key
+
+
+@blueprint.post("/api/tasks")
+@require_user
+async def create_task() -> Response:
+    body = await read_model(TaskCreate)
+    row, created = await _enqueuer().create(
+        current_user_id(), body, idempotency_key=_idempotency_key()
+    )
+    headers = {"Location": f"/api/tasks/{row['id']}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(task_json(row), 201, headers)
+
+
+@blueprint.post("/api/tasks/batch")
+@require_user
+async def create_tasks() -> Response:
+    batch = await read_model(TaskBatchCreate)
+    items = [
+        parse_model(TaskCreate, item, what=f"tasks[{index}]")
+        for index, item in enumerate(batch.tasks)
+    ]
+    rows = await _enqueuer().create_many(current_user_id(), items)
+    return json_response([task_json(row) for row in rows], 201)
+
+
+def _encode_cursor(row: Record) -> str:
+    raw = f"{row['created_at'].isoformat()}|{row['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, task_id = raw.split("|")
+        parsed = datetime.fromisoformat(created_at)
+        if parsed.tzinfo is None:
+            raise ValueError("naive time")
+        return parsed, UUID(task_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed(
+            "invalid cursor", details=[{"field": "cursor", "message": "use the Link header"}]
+        ) from None
+
+
+def _query_limit() -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ValidationFailed(
+            "invalid limit",
+            details=[{"field": "limit", "message": f"must be an integer from 1 to {MAX_LIMIT}"}],
+        )
+    return int(raw)
+
+
+@blueprint.get("/api/tasks")
+@require_user
+async def list_tasks() -> Response:
+    unknown = set(request.args) - {"status", "type", "limit", "cursor"}
+    if unknown:
+        raise ValidationFailed(
+            "unknown query parameter",
+            details=[
+                {"field": name, "message": "unknown query parameter"} for name in sorted(unknown)
+            ],
+        )
+    status_raw = request.args.get("status")
+    status = None
+    if status_raw is not None:
+        try:
+            status = TaskStatus(status_raw)
+        except ValueError:
+            raise ValidationFailed(
+                "invalid status",
+                details=[
+                    {"field": "status", "message": "must be one of: " + ", ".join(TaskStatus)}
+                ],
+            ) from None
+    task_type = request.args.get("type")
+    if task_type is not None and not 1 <= len(task_type) <= 64:
+        raise ValidationFailed("invalid type", details=[{"field": "type", "message": "bad length"}])
+    limit = _query_limit()
+    cursor = request.args.get("cursor")
+    before = _decode_cursor(cursor) if cursor else None
+    rows = await _store().select_own_tasks(
+        current_user_id(), status=status, task_type=task_type, before=before, limit=limit
+    )
+    headers = {}
+    if len(rows) == limit:
+        query = {k: v for k, v in (("status", status_raw), ("type", task_type)) if v}
+        query.update(limit=str(limit), cursor=_encode_cursor(rows[-1]))
+        headers["Link"] = f'</api/tasks?{urlencode(query)}>; rel="next"'
+    return json_response([task_json(row) for row in rows], 200, headers)
+
+
+async def _own_task(task_id: UUID) -> Record:
+    row = await _store().select_own_task(task_id, current_user_id())
+    if row is None:
+        raise TaskNotFound()
+    return row
+
+
+@blueprint.get("/api/tasks/<raw_id>")
+@require_user
+async def get_task(raw_id: str) -> Response:
+    return json_response(task_json(await _own_task(_task_id(raw_id))))
+
+
+@blueprint.get("/api/tasks/<raw_id>/history")
+@require_user
+async def get_task_history(raw_id: str) -> Response:
+    task_id = _task_id(raw_id)
+    rows = await _store().select_own_task_history(task_id, current_user_id())
+    if not rows:
+        raise TaskNotFound()
+    return json_response([{field: row[field] for field in HISTORY_FIELDS} for row in rows])
+
+
+def _not_in(row: Record, allowed: frozenset[TaskStatus], action: str) -> InvalidTransition:
+    wanted = ", ".join(sorted(allowed))
+    return InvalidTransition(
+        f"cannot {action} a task that is {row['status']} (only when {wanted})",
+        details={"status": row["status"]},
+    )
+
+
+@blueprint.patch("/api/tasks/<raw_id>")
+@require_user
+async def patch_task(raw_id: str) -> Response:
+    task_id = _task_id(raw_id)
+    body = await read_model(TaskPatch)
+    current = await _own_task(task_id)
+    if current["status"] not in EDITABLE:
+        raise _not_in(current, EDITABLE, "change")
+    payload = None
+    if body.payload is not None:
+        payload = _enqueuer().validate_payload(current["type"], body.payload)
+    row = await _store().update_waiting_task(
+        task_id,
+        current_user_id(),
+        payload=payload,
+        max_retries=body.max_retries,
+        priority=body.priority,
+        run_at=body.run_at,
+    )
+    if row is None:
+        latest = await _own_task(task_id)
+        if latest["status"] == TaskStatus.QUEUED and body.run_at is not None:
+            raise InvalidTransition(
+                "a queued task cannot be postponed; cancel it and create a new one",
+                details={"status": latest["status"]},
+            )
+        raise _not_in(latest, EDITABLE, "change")
+    if row["status"] == TaskStatus.QUEUED and current["status"] != TaskStatus.QUEUED:
+        await _enqueuer().publish([row["id"]])
+    return json_response(task_json(row))
+
+
+@blueprint.post("/api/tasks/<raw_id>/cancel")
+@require_user
+async def cancel_task(raw_id: str) -> Response:
+    task_id = _task_id(raw_id)
+    user_id = current_user_id()
+    row = await _store().cancel_task(task_id, user_id, actor=f"api:user {user_id}")
+    if row is None:
+        latest = await _own_task(task_id)
+        raise _not_in(latest, frozenset(TaskStatus) - TERMINAL, "cancel")
+    return json_response(task_json(row))
+
+
+@blueprint.post("/api/tasks/<raw_id>/retry")
+@require_user
+async def retry_task(raw_id: str) -> Response:
+    task_id = _task_id(raw_id)
+    user_id = current_user_id()
+    row = await _store().retry_finished_task(task_id, user_id, actor=f"api:user {user_id}")
+    if row is None:
+        latest = await _own_task(task_id)
+        raise _not_in(latest, RETRYABLE, "retry")
+    await _enqueuer().publish([row["id"]])
+    return json_response(task_json(row))
+
+
+@blueprint.delete("/api/tasks/<raw_id>")
+@require_user
+async def delete_task(raw_id: str) -> Response:
+    task_id = _task_id(raw_id)
+    if not await _store().delete_finished_task(task_id, current_user_id()):
+        latest = await _own_task(task_id)
+        raise _not_in(latest, TERMINAL, "delete")
+    return Response(status=204)

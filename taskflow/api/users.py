@@ -1,0 +1,43 @@
+"""POST /api/register and POST /api/login."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response
+
+from taskflow.api import state
+from taskflow.api.responses import json_response, read_model
+from taskflow.auth import hash_password, issue_token, verify_password
+from taskflow.models import Credentials, LoginRequest
+
+blueprint = Blueprint("users", __name__)
+
+
+@blueprint.post("/api/register")
+async def register() -> Response:
+    credentials = await read_model(Credentials)
+    store = state().store
+    assert store is not None
+    password_hash = await hash_password(credentials.password)
+    user_id = await store.insert_user(credentials.email, password_hash)
+    return json_response({"user_id": user_id}, 201)
+
+
+@blueprint.post("/api/login")
+async def login() -> Response:
+    credentials = await read_model(LoginRequest)
+    api = state()
+    assert api.store is not None
+    user = await api.store.select_user_by_email(credentials.email)
+    # Unknown email and wrong password: the same work, the same answer.
+    await verify_password(credentials.password, user["password_hash"] if user else None)
+    assert user is not None
+    ttl = api.settings.token_ttl_seconds
+    token = issue_token(user["id"], api.secret, ttl)
+    return json_response(
+        {
+            "token": f"Bearer {token}",
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+        }
+    )

@@ -1,0 +1,221 @@
+"""RabbitMQ, as TaskFlow uses it: a durable queue of task ids and nothing else.
+
+The only importer of aio_pika. Postgres stays the truth: a message is a
+doorbell ("task X may be ready"), so a lost, duplicated or late message can
+delay a task but never change its state. The connection is kept by one
+background loop that reconnects with backoff; publishing while disconnected
+fails fast (the scheduler republishes what was missed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from uuid import UUID
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+
+log = logging.getLogger(__name__)
+
+# Called with the task ids of a delivery and a function that acks it.
+Delivery = Callable[[UUID, Callable[[], Awaitable[None]]], Awaitable[None]]
+
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.AMQPException,
+    RuntimeError,  # aio-pika raises it for a channel closed underneath a call
+)
+
+
+class Broker:
+    """One connection, one confirming channel for publishing, and optionally
+    a consumer, all restored together after any disconnect."""
+
+    def __init__(
+        self,
+        url: str,
+        queue_name: str,
+        *,
+        prefetch: int = 0,
+        on_delivery: Delivery | None = None,
+        publish_timeout: float = 5.0,
+        name: str = "taskflow",
+    ) -> None:
+        self.url = url
+        self.queue_name = queue_name
+        self.prefetch = prefetch
+        self.on_delivery = on_delivery
+        self.publish_timeout = publish_timeout
+        self.name = name
+        self.connected = asyncio.Event()
+        self.disconnected = asyncio.Event()
+        self.disconnected.set()
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consume_channel: AbstractChannel | None = None
+        self._consumer_tag: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    # ----- lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"broker:{self.queue_name}")
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self._stopping.set()
+        if self._connection is not None:
+            # Closing a broken connection: nothing is left to release.
+            with contextlib.suppress(*BROKER_ERRORS):
+                await asyncio.wait_for(self._connection.close(), 5)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def stop_consuming(self) -> None:
+        """Stop taking new deliveries; unacked ones go back to the queue on close."""
+        self.on_delivery = None
+        queue, tag = self._queue, self._consumer_tag
+        self._consumer_tag = None
+        if queue is not None and tag is not None and self.connected.is_set():
+            try:
+                await asyncio.wait_for(queue.cancel(tag), 5)
+            except BROKER_ERRORS as exc:
+                log.warning("cancel consumer failed", extra={"event": "broker", "error": str(exc)})
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                await self._connect()
+                delay = 0.2
+                log.info("broker connected", extra={"event": "broker_connected"})
+                assert self._connection is not None
+                await self._connection.closed()
+            except asyncio.CancelledError:
+                raise
+            except BROKER_ERRORS as exc:
+                if not self._stopping.is_set():
+                    log.warning(
+                        "broker unavailable", extra={"event": "broker_down", "error": str(exc)}
+                    )
+            finally:
+                was_connected = self.connected.is_set()
+                self.connected.clear()
+                self.disconnected.set()
+                self._channel = self._queue = self._consume_channel = None
+                self._consumer_tag = None
+                if was_connected and not self._stopping.is_set():
+                    log.warning("broker connection lost", extra={"event": "broker_lost"})
+            if self._stopping.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _connect(self) -> None:
+        connection = await aio_pika.connect(
+            self.url, timeout=5, client_properties={"connection_name": self.name}
+        )
+        self._connection = connection
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(self.queue_name, durable=True)
+        self._channel, self._queue = channel, queue
+        if self.on_delivery is not None:
+            # Consuming on its own channel: its prefetch must not throttle publishing.
+            consume_channel = await connection.channel()
+            await consume_channel.set_qos(prefetch_count=self.prefetch)
+            consume_queue = await consume_channel.declare_queue(self.queue_name, durable=True)
+            self._consume_channel, self._queue = consume_channel, consume_queue
+            self._consumer_tag = await consume_queue.consume(self._on_message)
+        self.disconnected.clear()
+        self.connected.set()
+
+    # ----- publishing
+
+    async def publish_ids(self, task_ids: Iterable[UUID]) -> bool:
+        """Publish persistent messages and wait for the broker's confirms.
+        Returns False (and logs) when they are not all confirmed."""
+        ids = list(task_ids)
+        if not ids:
+            return True
+        channel = self._channel
+        if channel is None or not self.connected.is_set():
+            return False
+        exchange = channel.default_exchange
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        exchange.publish(
+                            aio_pika.Message(
+                                str(task_id).encode(),
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            ),
+                            routing_key=self.queue_name,
+                        )
+                        for task_id in ids
+                    )
+                ),
+                self.publish_timeout,
+            )
+        except BROKER_ERRORS as exc:
+            log.warning(
+                "publish failed",
+                extra={"event": "publish_failed", "count": len(ids), "error": str(exc)},
+            )
+            return False
+        return True
+
+    async def queue_depth(self) -> int | None:
+        """Messages ready in the queue (not counting ones delivered, unacked)."""
+        channel = self._channel
+        if channel is None or not self.connected.is_set():
+            return None
+        try:
+            queue = await channel.declare_queue(self.queue_name, passive=True)
+        except BROKER_ERRORS:
+            return None
+        count = queue.declaration_result.message_count
+        return int(count) if count is not None else None
+
+    async def delete_queue(self) -> None:
+        if self._channel is not None:
+            await self._channel.queue_delete(self.queue_name)
+
+    # ----- consuming
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        handler = self.on_delivery
+        try:
+            task_id = UUID(message.body.decode("ascii", "strict").strip())
+        except (UnicodeDecodeError, ValueError):
+            log.warning("dropping malformed message", extra={"event": "bad_message"})
+            await message.ack()
+            return
+        if handler is None:
+            # Shutting down: hand it straight back for another worker.
+            await message.nack(requeue=True)
+            return
+
+        async def ack() -> None:
+            # If the channel is gone the broker redelivers, and the claim guard
+            # drops the duplicate.
+            with contextlib.suppress(*BROKER_ERRORS):
+                await message.ack()
+
+        await handler(task_id, ack)

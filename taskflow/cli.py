@@ -1,0 +1,263 @@
+"""``taskflow api|scheduler|worker|migrate|up``: settings are loaded here, once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from taskflow.config import REPO_ROOT, Settings, load_settings
+from taskflow.errors import ConfigError, StoreUnavailable
+
+log = logging.getLogger("taskflow.cli")
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop)`` with SIGTERM/SIGINT setting ``stop``."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await main(stop)
+
+    _install_uvloop()
+    asyncio.run(runner())
+
+
+def _settings(args: argparse.Namespace, component: str) -> Settings:
+    settings = load_settings()
+    from taskflow.log import setup_logging
+
+    setup_logging(
+        component,
+        level=settings.log_level,
+        log_format=getattr(args, "log_format", None) or settings.log_format,
+    )
+    return settings
+
+
+# ----- commands
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args, "migrate")
+    from taskflow.store import apply_migrations, create_database_if_missing
+
+    dsn = settings.database_url.get_secret_value()
+
+    async def main() -> None:
+        if args.create_database and await create_database_if_missing(dsn):
+            print("created the database", flush=True)
+        applied = await apply_migrations(dsn)
+        print(
+            f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
+        )
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = _settings(args, "api")
+    import uvicorn
+
+    from taskflow.api import create_app
+    from taskflow.handlers import build_registry
+
+    app = create_app(settings, build_registry(settings))
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        backlog=2048,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    log.info("api listening", extra={"event": "api_started", "host": args.host, "port": args.port})
+    server.run()
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    settings = _settings(args, "scheduler")
+    from taskflow.scheduler import Scheduler
+
+    _run(Scheduler(settings).run)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args, "worker")
+    from taskflow.handlers import build_registry
+    from taskflow.worker import Worker
+
+    worker = Worker(
+        settings,
+        build_registry(settings),
+        concurrency=args.concurrency,
+        burst=args.burst,
+        use_broker=not args.no_broker,
+    )
+    _run(worker.run)
+    return 0
+
+
+def _local_secret_key(state_dir: Path) -> str:
+    path = state_dir / "secret_key"
+    if path.is_file():
+        return path.read_text().strip()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    print(f"taskflow up: no SECRET_KEY set; generated a local one in {path}", flush=True)
+    return key
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Migrate, then supervise API + scheduler + worker processes; restart one
+    that dies; on Ctrl-C/SIGTERM stop them all gracefully."""
+    settings = _settings(args, "up")
+    env = dict(os.environ)
+    if settings.secret_key is None:
+        env["SECRET_KEY"] = _local_secret_key(
+            Path(env.get("TASKFLOW_STATE_DIR", REPO_ROOT / ".state"))
+        )
+    if cmd_migrate(argparse.Namespace(create_database=True, log_format=args.log_format)) != 0:
+        return 1
+    base = [sys.executable, "-m", "taskflow"]
+    log_args = ["--log-format", args.log_format] if args.log_format else []
+    commands: dict[str, list[str]] = {
+        "api": [*base, "api", "--host", args.host, "--port", str(args.port), *log_args],
+        "scheduler": [*base, "scheduler", *log_args],
+    }
+    for index in range(args.worker_processes):
+        commands[f"worker-{index + 1}"] = [*base, "worker", *log_args]
+        if args.concurrency:
+            commands[f"worker-{index + 1}"] += ["--concurrency", str(args.concurrency)]
+    return supervise(commands, env)
+
+
+def supervise(commands: dict[str, list[str]], env: dict[str, str]) -> int:
+    stopping = False
+
+    def request_stop(_signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    restarts: dict[str, float] = {}
+    for name, command in commands.items():
+        children[name] = subprocess.Popen(command, env=env)  # noqa: S603
+    while not stopping:
+        time.sleep(0.2)
+        for name, child in list(children.items()):
+            if child.poll() is not None and not stopping:
+                # Crash-looping children back off instead of spinning.
+                wait = restarts.get(name, 0.5)
+                log.warning(
+                    "component exited; restarting",
+                    extra={"event": "restart", "component": name, "code": child.returncode},
+                )
+                time.sleep(wait)
+                restarts[name] = min(wait * 2, 30)
+                children[name] = subprocess.Popen(commands[name], env=env)  # noqa: S603
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for child in children.values():
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return 0
+
+
+# ----- argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskflow", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-format", choices=("json", "text"), default=None, help="default: json"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+
+    api = sub.add_parser("api", help="serve the REST API")
+    api.add_argument("--host", default="0.0.0.0")
+    api.add_argument("--port", type=int, default=8080)
+    api.set_defaults(func=cmd_api)
+
+    sub.add_parser("scheduler", help="promote due tasks, rescue leases").set_defaults(
+        func=cmd_scheduler
+    )
+
+    worker = sub.add_parser("worker", help="run tasks")
+    worker.add_argument("--concurrency", type=int, default=None, help="default: NUMOFWORKERS")
+    worker.add_argument("--burst", action="store_true", help="exit once no task is left to claim")
+    worker.add_argument("--no-broker", action="store_true", help="claim from Postgres only")
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="apply db/migrations")
+    migrate.add_argument("--create-database", action="store_true")
+    migrate.set_defaults(func=cmd_migrate)
+
+    up = sub.add_parser("up", help="migrate, then run api + scheduler + worker")
+    up.add_argument("--host", default="0.0.0.0")
+    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--worker-processes", type=int, default=1)
+    up.add_argument("--concurrency", type=int, default=None)
+    up.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"taskflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"taskflow: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

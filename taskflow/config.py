@@ -1,0 +1,244 @@
+"""Settings: ``config.json`` tunables, plus the environment (and a ``.env`` file).
+
+Loaded once by the CLI and passed down explicitly; nothing else reads
+``os.environ``. Precedence, lowest first: defaults, ``config.json``, ``.env``,
+the process environment. Any bad key or value stops start-up with its name.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from taskflow.errors import ConfigError
+
+MIB = 1024 * 1024
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=86400 * 7)]
+
+
+class Tunables(BaseModel):
+    """The keys ``config.json`` may hold. Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheduler_interval_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 1000
+    lease_seconds: Annotated[float, Field(ge=1, le=86400)] = 30
+    retry_backoff_base_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 2000
+    retry_backoff_max_ms: Annotated[int, Field(ge=1, le=7 * 86_400_000)] = 600_000
+    task_timeout_seconds: dict[str, PositiveSeconds] = Field(
+        default_factory=lambda: {"send_email": 60, "process_image": 120, "download_files": 300}
+    )
+    default_task_timeout_seconds: PositiveSeconds = 300
+    download_allow_private: bool = False
+    download_max_bytes: Annotated[int, Field(ge=1)] = 50 * MIB
+    download_concurrency: Annotated[int, Field(ge=1, le=20)] = 4
+    download_connect_timeout_seconds: PositiveSeconds = 10
+    download_read_timeout_seconds: PositiveSeconds = 30
+    upload_max_bytes: Annotated[int, Field(ge=1)] = 25 * MIB
+    request_max_bytes: Annotated[int, Field(ge=1024)] = 2 * MIB
+    history_retention_days: Annotated[int, Field(ge=1, le=36500)] = 30
+    token_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
+    republish_after_seconds: Annotated[float, Field(gt=0)] = 30
+    scheduler_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10
+    worker_poll_interval_ms: Annotated[int, Field(ge=10, le=600_000)] = 2000
+    max_lease_crashes: Annotated[int, Field(ge=1, le=100)] = 3
+    reject_past_run_at: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_names(cls, data: Any) -> Any:
+        # The original service's config.json spelled the tick in camelCase.
+        if isinstance(data, dict) and "schedulerIntervalMs" in data:
+            data = dict(data)
+            if "scheduler_interval_ms" in data:
+                raise ValueError("give scheduler_interval_ms or schedulerIntervalMs, not both")
+            data["scheduler_interval_ms"] = data.pop("schedulerIntervalMs")
+        return data
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Tunables:
+        if self.retry_backoff_max_ms < self.retry_backoff_base_ms:
+            raise ValueError("retry_backoff_max_ms must be >= retry_backoff_base_ms")
+        return self
+
+    def timeout_for(self, task_type: str) -> float:
+        return self.task_timeout_seconds.get(task_type, self.default_task_timeout_seconds)
+
+
+class Settings(Tunables):
+    """Everything a TaskFlow process needs, frozen once loaded."""
+
+    database_url: SecretStr
+    amqp_url: SecretStr | None = None
+    amqp_queue: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")] = "tasks"
+    mail_host: str = "127.0.0.1"
+    mail_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    mail_username: str | None = None
+    mail_password: SecretStr | None = None
+    mail_from: str | None = None
+    mail_use_tls: bool = False
+    secret_key: SecretStr | None = None
+    num_workers: Annotated[int, Field(ge=1, le=1000)] = 3
+    base_file_path: Path = REPO_ROOT / ".state" / "files"
+    plugins: tuple[str, ...] = ()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    config_path: Path | None = None
+
+    @property
+    def broker_enabled(self) -> bool:
+        return self.amqp_url is not None
+
+    @property
+    def mail_sender(self) -> str:
+        return self.mail_from or self.mail_username or "taskflow@localhost"
+
+    def require_secret_key(self) -> bytes:
+        """The API signs tokens with this; refuse weak or missing keys."""
+        if self.secret_key is None:
+            raise ConfigError("SECRET_KEY: required by the API (at least 32 bytes)")
+        raw = self.secret_key.get_secret_value().encode()
+        if len(raw) < 32:
+            raise ConfigError(f"SECRET_KEY: must be at least 32 bytes, got {len(raw)}")
+        return raw
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    """Read ``KEY=VALUE`` lines; ``#`` comments, ``export`` and quotes allowed."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    if env.get("DATABASE_URL"):
+        return env["DATABASE_URL"]
+    user = env.get("POSTGRES_USER") or getpass.getuser()
+    password = env.get("POSTGRES_PASSWORD", "")
+    auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    host = env.get("POSTGRES_HOST", "127.0.0.1")
+    port = env.get("POSTGRES_PORT", "5432")
+    database = env.get("POSTGRES_DB", "taskflow")
+    return f"postgresql://{auth}@{host}:{port}/{quote(database, safe='')}"
+
+
+_AMQP_PARTS = ("AMQP_HOST", "AMQP_PORT", "AMQP_USER", "AMQP_PASSWORD")
+_DISABLED = {"", "0", "off", "none", "false", "disabled"}
+
+
+def _amqp_url(env: Mapping[str, str]) -> str | None:
+    """None means "run without a broker": AMQP_URL=off, or nothing AMQP_* set."""
+    if "AMQP_URL" in env:
+        url = env["AMQP_URL"]
+        return None if url.strip().lower() in _DISABLED else url
+    if not any(env.get(name) for name in _AMQP_PARTS):
+        return None
+    user = quote(env.get("AMQP_USER") or "guest", safe="")
+    password = quote(env.get("AMQP_PASSWORD") or "guest", safe="")
+    host = env.get("AMQP_HOST") or "127.0.0.1"
+    port = env.get("AMQP_PORT") or "5672"
+    vhost = quote(env.get("AMQP_VHOST", "/"), safe="")
+    return f"amqp://{user}:{password}@{host}:{port}/{vhost}"
+
+
+_ENV_FIELDS = {
+    "AMQP_QUEUE": "amqp_queue",
+    "MAIL_HOST": "mail_host",
+    "MAIL_PORT": "mail_port",
+    "MAIL_USERNAME": "mail_username",
+    "MAIL_PASSWORD": "mail_password",
+    "MAIL_FROM": "mail_from",
+    "MAIL_USE_TLS": "mail_use_tls",
+    "SECRET_KEY": "secret_key",
+    "NUMOFWORKERS": "num_workers",
+    "BASE_FILE_PATH": "base_file_path",
+    "TASKFLOW_LOG_LEVEL": "log_level",
+    "TASKFLOW_LOG_FORMAT": "log_format",
+}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings once; raise ConfigError naming the bad key."""
+    process_env = dict(os.environ if environ is None else environ)
+    env_file = Path(process_env.get("TASKFLOW_ENV_FILE", ".env"))
+    env: dict[str, str] = {}
+    if env_file.is_file():
+        env.update(parse_env_file(env_file))
+    env.update(process_env)
+
+    config_path = Path(env.get("TASKFLOW_CONFIG") or REPO_ROOT / "config.json")
+    file_values: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            file_values = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{config_path}: not valid JSON: {exc}") from None
+        if not isinstance(file_values, dict):
+            raise ConfigError(f"{config_path}: must hold a JSON object")
+    elif "TASKFLOW_CONFIG" in env:
+        raise ConfigError(f"TASKFLOW_CONFIG: no such file: {config_path}")
+
+    try:
+        Tunables.model_validate(file_values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, f"{config_path}")) from None
+
+    values: dict[str, Any] = dict(file_values)
+    values["config_path"] = config_path if config_path.is_file() else None
+    values["database_url"] = _database_url(env)
+    values["amqp_url"] = _amqp_url(env)
+    for name, field in _ENV_FIELDS.items():
+        if env.get(name) not in (None, ""):
+            values[field] = env[name]
+    if env.get("TASKFLOW_PLUGINS"):
+        values["plugins"] = tuple(
+            p.strip() for p in env["TASKFLOW_PLUGINS"].split(",") if p.strip()
+        )
+    values.update(overrides or {})
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "settings")) from None
+
+
+_FIELD_SOURCES = {field: env_name for env_name, field in _ENV_FIELDS.items()}
+
+
+def _describe(exc: ValidationError, where: str) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        source = _FIELD_SOURCES.get(str(error["loc"][0])) if error["loc"] else None
+        label = f"{key} ({source})" if source else key
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(f"{label}: {message}")
+    return f"invalid {where}: " + "; ".join(problems)

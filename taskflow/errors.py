@@ -1,0 +1,102 @@
+"""The TaskFlow error hierarchy. No HTTP knowledge lives here: the API maps these
+to status codes in one table (``taskflow.api.errors``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskFlowError(Exception):
+    """Something went wrong in TaskFlow."""
+
+    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+        self.message = message or (self.__doc__ or "").strip()
+        self.details = details
+
+
+class ConfigError(TaskFlowError):
+    """The configuration is invalid."""
+
+
+class ValidationFailed(TaskFlowError):
+    """The request is invalid."""
+
+
+class NotFound(TaskFlowError):
+    """Not found."""
+
+
+class TaskNotFound(NotFound):
+    """Task not found."""
+
+
+class FileNotFound(NotFound):
+    """File not found."""
+
+
+class EmailTaken(TaskFlowError):
+    """This email is already registered."""
+
+
+class InvalidCredentials(TaskFlowError):
+    """Invalid email or password."""
+
+
+class Unauthorized(TaskFlowError):
+    """Missing or invalid token."""
+
+
+class Forbidden(TaskFlowError):
+    """You are not allowed to do this."""
+
+
+class InvalidTransition(TaskFlowError):
+    """The task is not in a state that allows this."""
+
+
+class Conflict(TaskFlowError):
+    """The request conflicts with the current state."""
+
+
+class IdempotencyKeyReused(Conflict):
+    """This Idempotency-Key was already used with a different request."""
+
+
+class PayloadTooLarge(TaskFlowError):
+    """The request body is too large."""
+
+
+class StoreUnavailable(TaskFlowError):
+    """The database is not reachable."""
+
+
+class HandlerError(TaskFlowError):
+    """A task handler failed."""
+
+
+class TransientError(HandlerError):
+    """The attempt failed for a reason that may pass; the task is retried.
+
+    ``delay_seconds`` overrides the configured backoff for the next attempt;
+    ``partial_result`` is stored so the next attempt can resume.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        delay_seconds: float | None = None,
+        partial_result: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.delay_seconds = delay_seconds
+        self.partial_result = partial_result
+
+
+class PermanentError(HandlerError):
+    """The attempt failed for a reason that retrying cannot fix; the task fails."""
+
+    def __init__(self, message: str | None = None, *, partial_result: Any = None) -> None:
+        super().__init__(message)
+        self.partial_result = partial_result

@@ -1,0 +1,255 @@
+"""The task model: states, the one transition table, and the payload models.
+
+The migration ``db/migrations/0001_initial.sql`` declares the same states
+(``task_status``) and the same pairs (``task_transitions``); a test checks that
+the database and this module agree.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class TaskStatus(StrEnum):
+    POSTPONED = "postponed"
+    """Waiting for ``run_at``. The scheduler moves it to ``queued`` once due."""
+
+    QUEUED = "queued"
+    """Ready to run. A worker moves it to ``processing`` with a guarded claim."""
+
+    PROCESSING = "processing"
+    """Claimed by one worker under a lease. That worker finishes it (``done``,
+    ``retrying``, ``failed``) or hands it back (``queued``) at shutdown; the
+    scheduler's rescuer moves it to ``retrying``/``failed`` once
+    ``lease_expires_at`` has passed; a cancel moves it to ``cancelled``."""
+
+    RETRYING = "retrying"
+    """Failed an attempt and waits for its backoff (``run_at``). The scheduler
+    moves it to ``queued`` once due."""
+
+    DONE = "done"
+    """Finished successfully. Terminal."""
+
+    FAILED = "failed"
+    """Out of retries or failed permanently. Terminal; a manual retry re-queues it."""
+
+    CANCELLED = "cancelled"
+    """Cancelled by its owner or an operator. Terminal; a manual retry re-queues it."""
+
+
+S = TaskStatus
+
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    S.POSTPONED: frozenset({S.QUEUED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.PROCESSING, S.CANCELLED}),
+    S.PROCESSING: frozenset({S.DONE, S.RETRYING, S.FAILED, S.QUEUED, S.CANCELLED}),
+    S.RETRYING: frozenset({S.QUEUED, S.CANCELLED}),
+    S.DONE: frozenset(),
+    S.FAILED: frozenset({S.QUEUED}),
+    S.CANCELLED: frozenset({S.QUEUED}),
+}
+
+TERMINAL: frozenset[TaskStatus] = frozenset({S.DONE, S.FAILED, S.CANCELLED})
+CANCELLABLE: frozenset[TaskStatus] = frozenset(
+    s for s, targets in TRANSITIONS.items() if S.CANCELLED in targets
+)
+EDITABLE: frozenset[TaskStatus] = frozenset({S.POSTPONED, S.QUEUED, S.RETRYING})
+RETRYABLE: frozenset[TaskStatus] = frozenset(s for s in TERMINAL if S.QUEUED in TRANSITIONS[s])
+
+
+def can_transition(source: TaskStatus, target: TaskStatus) -> bool:
+    return target in TRANSITIONS[source]
+
+
+MAX_RETRIES_LIMIT = 10
+DEFAULT_MAX_RETRIES = 3
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+TASK_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+# A plain file name inside a user's area: no separators, no "..", nothing hidden,
+# no control characters. taskflow.files enforces the same rule on every access;
+# payloads check it early so a bad name is a 400, not a failed task.
+_FILE_NAME_PATTERN = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,255}$")
+
+
+def check_file_name(name: str) -> str:
+    if not _FILE_NAME_PATTERN.match(name) or name.startswith(".") or name != name.strip():
+        raise ValueError(
+            "must be a plain file name: no path separators, no leading dot, "
+            "no control characters, no surrounding spaces, at most 255 characters"
+        )
+    return name
+
+
+FileName = Annotated[str, AfterValidator(check_file_name)]
+
+
+def _no_line_breaks(value: str) -> str:
+    if any(ch in value for ch in "\r\n\x00"):
+        raise ValueError("must not contain line breaks or NUL characters")
+    return value
+
+
+HeaderText = Annotated[str, Field(max_length=998), AfterValidator(_no_line_breaks)]
+
+
+class PayloadModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SendEmailPayload(PayloadModel):
+    """``to`` is required; at least one of ``subject``, ``body``, ``attached_files``."""
+
+    to: EmailStr
+    subject: HeaderText | None = None
+    body: Annotated[str, Field(max_length=1_000_000)] | None = None
+    attached_files: Annotated[list[FileName], Field(max_length=20)] | None = None
+
+    @model_validator(mode="after")
+    def _needs_content(self) -> SendEmailPayload:
+        if not (self.subject or self.body or self.attached_files):
+            raise ValueError("at least one of subject, body, attached_files is required")
+        return self
+
+
+PositiveNumber = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
+Percent = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
+
+
+class ProcessImagePayload(PayloadModel):
+    """Operations apply in this order: grayscale, invert, blur, sharpen, gamma,
+    contrast, brightness, saturation. Omitted fields change nothing."""
+
+    path: FileName
+    blur: PositiveNumber | None = None
+    sharpen: PositiveNumber | None = None
+    gamma: PositiveNumber | None = None
+    contrast: Percent | None = None
+    brightness: Percent | None = None
+    saturation: Percent | None = None
+    grayscale: StrictBool | None = None
+    invert: StrictBool | None = None
+
+
+def _http_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    if len(value) > 2048:
+        raise ValueError("URL longer than 2048 characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError("URL must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("only http and https URLs are allowed")
+    if not parts.hostname:
+        raise ValueError("URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("URLs with credentials are not allowed")
+    del port
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class DownloadFilesPayload(PayloadModel):
+    urls: Annotated[list[HttpUrl], Field(min_length=1, max_length=20)]
+
+
+# ----- API request and response models -------------------------------------
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Credentials(RequestModel):
+    email: EmailStr = Field(max_length=254)
+    password: Annotated[str, Field(min_length=6, max_length=128)]
+
+    @field_validator("email")
+    @classmethod
+    def _normalise_email(cls, value: str) -> str:
+        return value.strip()
+
+
+class LoginRequest(RequestModel):
+    # Login never explains which rule an email or password breaks: any
+    # mismatch is the same 401, so lengths are only bounded, not checked.
+    email: Annotated[str, Field(max_length=254)]
+    password: Annotated[str, Field(max_length=1024)]
+
+
+class TaskCreate(RequestModel):
+    type: Annotated[str, Field(min_length=1, max_length=64)]
+    payload: dict[str, Any]
+    max_retries: Annotated[int, Field(ge=0, le=MAX_RETRIES_LIMIT, strict=True)] = (
+        DEFAULT_MAX_RETRIES
+    )
+    run_at: datetime | None = None
+    priority: Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, strict=True)] = 0
+
+    @field_validator("run_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("run_at needs a time zone, e.g. 2030-01-01T12:00:00Z")
+        return value
+
+
+class TaskBatchCreate(RequestModel):
+    tasks: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=1000)]
+
+
+class TaskPatch(RequestModel):
+    payload: dict[str, Any] | None = None
+    max_retries: Annotated[int, Field(ge=0, le=MAX_RETRIES_LIMIT, strict=True)] | None = None
+    run_at: datetime | None = None
+    priority: Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, strict=True)] | None = None
+
+    @field_validator("run_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("run_at needs a time zone, e.g. 2030-01-01T12:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> TaskPatch:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of payload, max_retries, run_at, priority")
+        return self
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    """Field-level ``details`` for a 400: ``[{"field": "payload.to", "message": ...}]``."""
+    details = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"])
+        field = f"{prefix}.{location}" if prefix and location else (prefix or location)
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        details.append({"field": field or "(body)", "message": message})
+    return details

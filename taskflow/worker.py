@@ -1,0 +1,553 @@
+"""Task-Worker: receive ids, claim rows, run handlers, record outcomes.
+
+The flow for one task:
+
+1. An id arrives from RabbitMQ (or, with no broker, the worker asks Postgres for
+   the next rows after a NOTIFY or a poll).
+2. The row is claimed by a guarded UPDATE (``status = 'queued'``) that sets
+   ``processing``, bumps ``attempts``, records this worker, a lease deadline and
+   a fresh fencing token. Ids that arrive together are claimed in one statement.
+   A duplicate or stale id claims nothing and its message is acked and dropped.
+3. The handler runs under its timeout; a heartbeat extends the lease.
+4. The outcome is written by an UPDATE fenced on the token, batched with other
+   outcomes that are ready at the same moment. Only then is the message acked,
+   so RabbitMQ's prefetch equals the worker's slots: it never holds more
+   messages than it can run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from taskflow.backoff import backoff_seconds
+from taskflow.broker import Broker
+from taskflow.config import Settings
+from taskflow.errors import PermanentError, TransientError
+from taskflow.files import UserFiles
+from taskflow.handlers import Registry, TaskContext
+from taskflow.models import TaskStatus
+from taskflow.store import CONNECTION_ERRORS, Listener, Outcome, Record, Store
+
+log = logging.getLogger(__name__)
+
+Ack = Callable[[], Awaitable[None]]
+STORE_ERRORS = (*CONNECTION_ERRORS,)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Running:
+    task_id: UUID
+    claim_token: int
+    task_type: str
+    attempt: int
+    ack: Ack | None
+    job: asyncio.Task[None] | None = None
+    stop_reason: str | None = None  # "cancelled", "lease_lost", "shutdown"
+    recorded: bool = False  # the outcome is written; the lease no longer matters
+
+
+@dataclass
+class Batcher:
+    """Collects items and runs them in one call: while a call is in flight new
+    items wait, so batches grow exactly as fast as the database is slow."""
+
+    flush: Callable[[list[Any]], Awaitable[None]]
+    pending: list[tuple[Any, asyncio.Future[None]]] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def submit(self, item: Any) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        self.wake.set()
+        return future
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            batch, self.pending = self.pending, []
+            if not batch:
+                continue
+            try:
+                await self.flush([item for item, _ in batch])
+            except Exception as exc:  # handed to each waiter, which decides
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+        burst: bool = False,
+        use_broker: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.concurrency = concurrency or settings.num_workers
+        self.worker_id = worker_id or new_worker_id()
+        self.burst = burst
+        self.use_broker = use_broker and settings.broker_enabled and not burst
+        self.lease_seconds = settings.lease_seconds
+        self.running: dict[UUID, Running] = {}
+        self.store: Store | None = None
+        self.broker: Broker | None = None
+        self._deliveries: list[tuple[UUID, Ack]] = []
+        self._claim_wake = asyncio.Event()
+        self._db_wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._accepting = True
+        self._claims_in_flight = 0
+        self._finisher = Batcher(self._flush_outcomes)
+        self.completed = 0
+
+    # ----- lifecycle
+
+    @property
+    def free_slots(self) -> int:
+        return self.concurrency - len(self.running) - self._claims_in_flight
+
+    def _broker_live(self) -> bool:
+        return self.broker is not None and self.broker.connected.is_set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set (or, in burst mode, until there is no work)."""
+        dsn = self.settings.database_url.get_secret_value()
+        self.store = await Store.open(
+            dsn,
+            min_size=2,
+            max_size=4,
+            application_name=f"taskflow-worker {self.worker_id}",
+            actor=f"worker:{self.worker_id}",
+        )
+        await self.store.register_worker(
+            self.worker_id,
+            socket.gethostname(),
+            self.concurrency,
+            self.settings.amqp_queue if self.use_broker else None,
+        )
+        log.info(
+            "worker started",
+            extra={
+                "event": "worker_started",
+                "worker_id": self.worker_id,
+                "concurrency": self.concurrency,
+                "broker": self.use_broker,
+            },
+        )
+        listener = Listener(
+            dsn,
+            ("taskflow_queued", "taskflow_cancel"),
+            self._on_notify,
+            name=f"taskflow-worker-listen {self.worker_id}",
+        )
+        background = [
+            asyncio.create_task(self._finisher.run(), name="finisher"),
+            asyncio.create_task(listener.run(self._stop), name="listener"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._claim_loop(), name="claim"),
+            asyncio.create_task(self._db_loop(), name="db-claim"),
+        ]
+        if self.use_broker:
+            assert self.settings.amqp_url is not None
+            self.broker = Broker(
+                self.settings.amqp_url.get_secret_value(),
+                self.settings.amqp_queue,
+                prefetch=self.concurrency,
+                on_delivery=self._on_delivery,
+                name=f"taskflow-worker {self.worker_id}",
+            )
+            self.broker.start()
+        stopper = asyncio.create_task(stop.wait())
+        idle = asyncio.create_task(self._idle.wait())
+        try:
+            await asyncio.wait({stopper, idle}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            idle.cancel()
+            await self._shutdown(background)
+
+    async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
+        """Soft stop, then hard stop: stop taking work, let running handlers
+        finish within the grace period, then cancel them and hand them back."""
+        self._accepting = False
+        if self.broker is not None:
+            await self.broker.stop_consuming()
+        # Deliveries not yet claimed go back to RabbitMQ when the channel closes.
+        self._deliveries.clear()
+        grace = self.settings.shutdown_grace_seconds
+        jobs = [r.job for r in self.running.values() if r.job is not None]
+        if jobs:
+            log.info(
+                "draining",
+                extra={"event": "worker_draining", "running": len(jobs), "grace_seconds": grace},
+            )
+            await asyncio.wait(jobs, timeout=grace)
+        leftovers = list(self.running.values())
+        for running in leftovers:
+            running.stop_reason = "shutdown"
+            if running.job is not None:
+                running.job.cancel()
+        if leftovers:
+            await asyncio.gather(*(r.job for r in leftovers if r.job), return_exceptions=True)
+            assert self.store is not None
+            try:
+                handed = await self.store.hand_back_tasks(
+                    [(r.task_id, r.claim_token) for r in leftovers]
+                )
+                log.info(
+                    "handed back unfinished tasks",
+                    extra={"event": "handed_back", "count": len(handed)},
+                )
+            except STORE_ERRORS as exc:
+                log.warning(
+                    "hand back failed; leases will expire",
+                    extra={"event": "hand_back_failed", "error": str(exc)},
+                )
+        self._stop.set()
+        # Let in-flight outcome writes land before the pool closes.
+        await asyncio.sleep(0)
+        while self._finisher.pending:
+            await asyncio.sleep(0.01)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if self.broker is not None:
+            await self.broker.close()
+        assert self.store is not None
+        with contextlib.suppress(*STORE_ERRORS):
+            await self.store.deregister_worker(self.worker_id)
+        await self.store.close()
+        log.info(
+            "worker stopped",
+            extra={"event": "worker_stopped", "worker_id": self.worker_id, "done": self.completed},
+        )
+
+    # ----- receiving work
+
+    async def _on_delivery(self, task_id: UUID, ack: Ack) -> None:
+        if not self._accepting:
+            return  # unacked: RabbitMQ redelivers it to another worker
+        self._deliveries.append((task_id, ack))
+        self._claim_wake.set()
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == "taskflow_cancel":
+            try:
+                task_id = UUID(payload)
+            except ValueError:
+                return
+            running = self.running.get(task_id)
+            if running is not None and running.job is not None:
+                running.stop_reason = "cancelled"
+                running.job.cancel()
+                log.info(
+                    "cancelling running task",
+                    extra={"event": "task_cancel", "task_id": str(task_id)},
+                )
+        else:
+            self._db_wake.set()
+
+    async def _claim_loop(self) -> None:
+        """Claim delivered ids, as many per statement as have arrived."""
+        assert self.store is not None
+        while True:
+            await self._claim_wake.wait()
+            self._claim_wake.clear()
+            if not self._accepting:
+                continue
+            take = min(len(self._deliveries), self.free_slots)
+            if take <= 0:
+                continue
+            batch, self._deliveries = self._deliveries[:take], self._deliveries[take:]
+            acks: dict[UUID, list[Ack]] = {}
+            for task_id, ack in batch:
+                acks.setdefault(task_id, []).append(ack)
+            self._claims_in_flight += len(acks)
+            try:
+                rows = await self._claim_with_retry(
+                    lambda ids=list(acks): self.store.claim_queued_tasks(  # type: ignore[union-attr]
+                        ids, self.worker_id, self.lease_seconds
+                    )
+                )
+            finally:
+                self._claims_in_flight -= len(acks)
+            if rows is None:  # Postgres is unreachable: let RabbitMQ redeliver later
+                self._deliveries = batch + self._deliveries
+                await asyncio.sleep(0.5)
+                self._claim_wake.set()
+                continue
+            for row in rows:
+                own_acks = acks.pop(row["id"])
+                self._start(row, own_acks[0])
+                for extra in own_acks[1:]:
+                    await extra()
+            # Stale or duplicate: the row was already claimed, finished or cancelled.
+            for stale_acks in acks.values():
+                for ack in stale_acks:
+                    await ack()
+            if self._deliveries:
+                self._claim_wake.set()
+
+    async def _claim_with_retry(
+        self, claim: Callable[[], Awaitable[list[Record]]]
+    ) -> list[Record] | None:
+        try:
+            return await claim()
+        except STORE_ERRORS as exc:
+            log.warning("claim failed", extra={"event": "claim_failed", "error": str(exc)})
+            return None
+
+    async def _db_loop(self) -> None:
+        """Without a (connected) broker: claim the next rows with SKIP LOCKED,
+        woken by NOTIFY, a freed slot, or the poll interval as a safety net."""
+        assert self.store is not None
+        poll = self.settings.worker_poll_interval_ms / 1000
+        while True:
+            if self._accepting and not self._broker_live() and self.free_slots > 0:
+                self._db_wake.clear()
+                limit = self.free_slots
+                self._claims_in_flight += limit
+                try:
+                    rows = await self._claim_with_retry(
+                        lambda limit=limit: self.store.claim_next_tasks(  # type: ignore[union-attr,misc]
+                            limit, self.worker_id, self.lease_seconds
+                        )
+                    )
+                finally:
+                    self._claims_in_flight -= limit
+                for row in rows or []:
+                    self._start(row, None)
+                if rows is not None and len(rows) == limit:
+                    continue  # there may be more right away
+                if self.burst and rows == [] and not self.running:
+                    self._idle.set()
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._db_wake.wait(), poll)
+
+    # ----- running a task
+
+    def _start(self, row: Record, ack: Ack | None) -> None:
+        running = Running(
+            task_id=row["id"],
+            claim_token=row["claim_token"],
+            task_type=row["type"],
+            attempt=row["attempts"],
+            ack=ack,
+        )
+        self.running[running.task_id] = running
+        running.job = asyncio.create_task(self._execute(row, running), name=f"task {row['id']}")
+
+    async def _execute(self, row: Record, running: Running) -> None:
+        extra = {
+            "task_id": str(running.task_id),
+            "task_type": running.task_type,
+            "attempt": running.attempt,
+            "worker_id": self.worker_id,
+        }
+        try:
+            try:
+                outcome = await self._run_handler(row, running, extra)
+            except asyncio.CancelledError:
+                if running.stop_reason is None:
+                    raise
+                log.info(
+                    "task stopped",
+                    extra={**extra, "event": "task_stopped", "reason": running.stop_reason},
+                )
+                return
+            running.recorded = True  # from here on, a heartbeat must not cancel us
+            await self._record(outcome, extra)
+        finally:
+            self.running.pop(running.task_id, None)
+            # A task handed back at shutdown keeps its message unacked, so
+            # RabbitMQ redelivers it once this worker's channel closes.
+            if running.ack is not None and running.stop_reason != "shutdown":
+                await running.ack()
+            self._claim_wake.set()
+            self._db_wake.set()
+
+    async def _run_handler(self, row: Record, running: Running, extra: dict[str, Any]) -> Outcome:
+        task_id, token, attempt = running.task_id, running.claim_token, running.attempt
+        max_retries: int = row["max_retries"]
+
+        def finished(status: TaskStatus, **fields: Any) -> Outcome:
+            return Outcome(task_id=task_id, claim_token=token, status=status, **fields)
+
+        def failed(
+            message: str, *, permanent: bool, partial: Any = None, delay: float | None = None
+        ) -> Outcome:
+            has_result = partial is not None
+            if permanent or attempt > max_retries:
+                return finished(
+                    TaskStatus.FAILED, error=message, result=partial, has_result=has_result
+                )
+            if delay is None:
+                delay = backoff_seconds(
+                    attempt,
+                    self.settings.retry_backoff_base_ms,
+                    self.settings.retry_backoff_max_ms,
+                )
+            return finished(
+                TaskStatus.RETRYING,
+                error=message,
+                result=partial,
+                has_result=has_result,
+                delay_seconds=delay,
+            )
+
+        task_type = self.registry.get(running.task_type)
+        if task_type is None:
+            return failed(
+                f"no handler registered for task type {running.task_type!r}", permanent=True
+            )
+        try:
+            payload = task_type.payload_model.model_validate(row["payload"])
+        except ValidationError as exc:
+            return failed(f"invalid payload: {exc.errors(include_url=False)}", permanent=True)
+
+        async def save_progress(result: Any) -> None:
+            assert self.store is not None
+            if not await self.store.save_task_progress(task_id, token, result):
+                # Cancelled or rescued meanwhile: stop here, the attempt is no longer ours.
+                running.stop_reason = running.stop_reason or "lease_lost"
+                raise asyncio.CancelledError("lease lost")
+
+        context = TaskContext(
+            task_id=task_id,
+            user_id=row["user_id"],
+            task_type=running.task_type,
+            attempt=attempt,
+            max_retries=max_retries,
+            settings=self.settings,
+            files=UserFiles(self.settings.base_file_path, row["user_id"]),
+            previous_result=row["result"],
+            save_progress=save_progress,
+        )
+        timeout = self.registry.timeout_for(running.task_type, self.settings)
+        started = time.perf_counter()
+        log.debug("task started", extra={**extra, "event": "task_started"})
+        try:
+            result = await asyncio.wait_for(task_type.handler(payload, context), timeout)
+        except TimeoutError:
+            return failed(f"timed out after {timeout:g}s", permanent=False)
+        except PermanentError as exc:
+            return failed(exc.message, permanent=True, partial=exc.partial_result)
+        except TransientError as exc:
+            return failed(
+                exc.message, permanent=False, partial=exc.partial_result, delay=exc.delay_seconds
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a handler bug: retried, and logged once here
+            log.warning(
+                "handler raised",
+                exc_info=exc,
+                extra={**extra, "event": "task_error", "error": repr(exc)},
+            )
+            return failed(f"{type(exc).__name__}: {exc}", permanent=False)
+        log.debug(
+            "task finished",
+            extra={**extra, "event": "task_done", "seconds": time.perf_counter() - started},
+        )
+        return finished(TaskStatus.DONE, result=result, has_result=True)
+
+    async def _record(self, outcome: Outcome, extra: dict[str, Any]) -> None:
+        """Write the outcome, retrying while Postgres is away, for as long as the
+        lease could still be ours; past that the rescuer owns the task."""
+        deadline = time.monotonic() + self.lease_seconds
+        delay = 0.1
+        while True:
+            try:
+                await self._finisher.submit(outcome)
+                break
+            except STORE_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    log.error(
+                        "could not record outcome",
+                        extra={**extra, "event": "record_failed", "error": str(exc)},
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2)
+        if outcome.status == TaskStatus.DONE:
+            self.completed += 1
+        level = logging.INFO if outcome.status != TaskStatus.DONE else logging.DEBUG
+        log.log(
+            level,
+            "task outcome",
+            extra={
+                **extra,
+                "event": "task_outcome",
+                "status": outcome.status,
+                "error": outcome.error,
+            },
+        )
+
+    async def _flush_outcomes(self, outcomes: list[Outcome]) -> None:
+        assert self.store is not None
+        fenced = await self.store.finish_processing_tasks(outcomes)
+        for outcome in outcomes:
+            if outcome.task_id not in fenced:
+                log.warning(
+                    "outcome discarded: the lease was lost",
+                    extra={"event": "fenced_out", "task_id": str(outcome.task_id)},
+                )
+
+    # ----- leases
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.store is not None
+        interval = max(self.lease_seconds / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            claims = [(r.task_id, r.claim_token) for r in self.running.values()]
+            try:
+                kept = await self.store.extend_leases(self.worker_id, claims, self.lease_seconds)
+            except STORE_ERRORS as exc:
+                log.warning(
+                    "heartbeat failed", extra={"event": "heartbeat_failed", "error": str(exc)}
+                )
+                continue
+            for task_id, _ in claims:
+                running = self.running.get(task_id)
+                if (
+                    task_id not in kept
+                    and running is not None
+                    and running.job is not None
+                    and not running.recorded
+                ):
+                    # Rescued or cancelled while we ran it: stop, someone else owns it now.
+                    running.stop_reason = running.stop_reason or "lease_lost"
+                    running.job.cancel()
+                    log.warning(
+                        "lease lost; stopping task",
+                        extra={"event": "lease_lost", "task_id": str(task_id)},
+                    )
