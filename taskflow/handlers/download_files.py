@@ -1,0 +1,482 @@
+"""download_files: fetch 1..20 http(s) URLs into the owner's file area.
+
+Safety against server-side request forgery, unless ``download_allow_private``:
+
+- Every address a host name resolves to must be public: loopback, private,
+  link-local, multicast, reserved, unspecified, shared (CGNAT) and
+  documentation ranges are refused, for IPv4 and IPv6, including IPv4 embedded
+  in IPv6 (mapped ``::ffff:a.b.c.d``, NAT64, 6to4, Teredo). Host names are
+  resolved by the system resolver, so spellings like ``2130706433``,
+  ``0x7f.1`` or ``localhost`` end up as the address they really mean.
+- The connection goes to the address that was checked, not to the name: the
+  request URL carries that IP, the ``Host`` header and TLS SNI/certificate
+  check carry the original name. A DNS answer that changes between the check
+  and the connect (DNS rebinding) therefore cannot redirect the request.
+- Redirects are followed by hand, at most ``MAX_REDIRECTS``, and each hop is
+  checked the same way; a redirect to anything but http(s) is refused.
+
+Limits: ``download_concurrency`` URLs at once, connect and read timeouts from
+the settings, and ``download_max_bytes`` per file, enforced on a too large
+``Content-Length`` before reading and again while streaming. A file over the
+limit leaves nothing behind.
+
+Each file is saved atomically as ``<stem><ext>``: the stem comes from the last
+URL path segment (sanitised; the server's Content-Disposition is ignored), the
+extension from the Content-Type, else from the URL path, else ``.bin``. Taken
+names get ``-2``, ``-3``, ... Repeated URLs are fetched once.
+
+``result = {"files": [{"url", "name", "size", "sha256", "content_type"}]}`` in
+payload order. Progress is saved after every file, and an attempt skips URLs
+an earlier attempt already saved (while the file is still there). 404, 403,
+410 and other 4xx except 408/429, refused addresses and over-limit files are
+permanent; timeouts, connection errors, 5xx, 408 and 429 are transient (with
+``Retry-After`` honoured). When any URL failed permanently the task fails
+permanently, naming every failure, with the saved files as partial result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import mimetypes
+import socket
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from taskflow import __version__
+from taskflow.config import Settings
+from taskflow.errors import HandlerError, PermanentError, TransientError, ValidationFailed
+from taskflow.files import UserFiles, safe_stem, split_name
+from taskflow.handlers import TaskContext, TaskType
+from taskflow.models import DownloadFilesPayload
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_RETRY_AFTER_SECONDS = 3600.0
+USER_AGENT = f"TaskFlow/{__version__} (download_files)"
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_GENERIC_TYPES = frozenset(
+    {
+        "application/octet-stream",
+        "binary/octet-stream",
+        "application/binary",
+        "application/unknown",
+        "application/x-download",
+        "application/force-download",
+    }
+)
+# mimetypes answers differ between machines (/etc/mime.types) and some of its
+# first choices are odd (".jpe"); the common types get a fixed answer.
+_PREFERRED_EXTENSIONS = {
+    "application/gzip": ".gz",
+    "application/json": ".json",
+    "application/pdf": ".pdf",
+    "application/xml": ".xml",
+    "application/zip": ".zip",
+    "audio/mpeg": ".mp3",
+    "image/gif": ".gif",
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/svg+xml": ".svg",
+    "image/webp": ".webp",
+    "text/csv": ".csv",
+    "text/html": ".html",
+    "text/plain": ".txt",
+    "text/xml": ".xml",
+    "video/mp4": ".mp4",
+}
+
+
+# ----- names -----------------------------------------------------------------
+
+
+def media_type(content_type: str | None) -> str:
+    """``"Text/HTML; charset=utf-8"`` -> ``"text/html"``; ``""`` when absent."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def guess_extension(content_type: str | None) -> str:
+    """The usual extension for a Content-Type, e.g. ``".png"``; ``""`` when the
+    type is missing, generic (octet-stream) or unknown."""
+    kind = media_type(content_type)
+    if "/" not in kind or kind in _GENERIC_TYPES:
+        return ""
+    extension = _PREFERRED_EXTENSIONS.get(kind) or mimetypes.guess_extension(kind, strict=False)
+    if not extension:
+        return ""
+    _, checked = split_name("x" + extension)
+    return checked
+
+
+def name_parts(url: httpx.URL, content_type: str | None) -> tuple[str, str]:
+    """A safe ``(stem, extension)`` for what ``url`` served."""
+    segment = url.path.rsplit("/", 1)[-1]
+    raw_stem, url_extension = split_name(segment)
+    stem = safe_stem(raw_stem, default=safe_stem(url.host, default="download"))
+    extension = guess_extension(content_type)
+    kind = media_type(content_type)
+    if url_extension and kind and mimetypes.guess_type("x" + url_extension)[0] == kind:
+        extension = url_extension  # ".jpeg" stays ".jpeg" rather than becoming ".jpg"
+    return stem, extension or url_extension.lower() or ".bin"
+
+
+# ----- addresses -------------------------------------------------------------
+
+
+def non_public_reason(address: IPAddress) -> str | None:
+    """Why ``address`` is not a public internet address, or None if it is."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            # The socket talks IPv4 to the mapped address: judge that one alone.
+            reason = non_public_reason(address.ipv4_mapped)
+            return f"{reason} (IPv4-mapped)" if reason is not None else None
+        embedded: ipaddress.IPv4Address | None = None
+        if address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is None and address.sixtofour is not None:
+            embedded = address.sixtofour
+        if embedded is None and address.teredo is not None:
+            embedded = address.teredo[1]
+        if embedded is not None:
+            reason = non_public_reason(embedded)
+            if reason is not None:
+                return f"{reason} (embedded {embedded})"
+    checks = (
+        ("is_unspecified", "unspecified"),
+        ("is_loopback", "loopback"),
+        ("is_link_local", "link-local"),
+        ("is_multicast", "multicast"),
+        ("is_private", "private"),
+        ("is_reserved", "reserved"),
+        ("is_site_local", "site-local"),
+    )
+    for attribute, label in checks:
+        if getattr(address, attribute, False):
+            return label
+    if not address.is_global:
+        return "non-global"
+    return None
+
+
+@dataclass(frozen=True)
+class AddressGuard:
+    """Decides which addresses downloads may connect to.
+
+    ``trusted`` lists exact ``(ip, port)`` pairs treated as public even when
+    they are not: a seam for tests and for an operator's internal mirror.
+    """
+
+    allow_private: bool = False
+    trusted: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AddressGuard:
+        return cls(allow_private=settings.download_allow_private)
+
+    def refusal(self, address: IPAddress, port: int) -> str | None:
+        if self.allow_private or (str(address), port) in self.trusted:
+            return None
+        return non_public_reason(address)
+
+
+def _literal_address(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+async def resolve(host: str, port: int, timeout_seconds: float) -> list[IPAddress]:
+    """Every address ``host`` stands for, in the resolver's order."""
+    literal = _literal_address(host)
+    if literal is not None:
+        return [literal]
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout_seconds
+        )
+    except TimeoutError:
+        raise TransientError(f"resolving {host} timed out") from None
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            raise TransientError(f"cannot resolve {host}: {exc.strerror}") from None
+        raise PermanentError(f"cannot resolve {host}: {exc.strerror}") from None
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _canonical, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise PermanentError(f"{host} has no addresses")
+    return addresses
+
+
+# ----- fetching --------------------------------------------------------------
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _status_error(response: httpx.Response) -> HandlerError:
+    code = response.status_code
+    message = f"HTTP {code} {response.reason_phrase}".rstrip()
+    if code in (408, 429) or code >= 500:
+        return TransientError(message, delay_seconds=_retry_after_seconds(response))
+    return PermanentError(message)
+
+
+def _declared_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+@dataclass
+class _Outcome:
+    url: str
+    saved: dict[str, Any] | None = None
+    error: HandlerError | None = None
+
+
+class _Downloader:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        files: UserFiles,
+        settings: Settings,
+        guard: AddressGuard,
+    ) -> None:
+        self._client = client
+        self._files = files
+        self._guard = guard
+        self._max_bytes = settings.download_max_bytes
+        self._connect_timeout = settings.download_connect_timeout_seconds
+        self._slots = asyncio.Semaphore(settings.download_concurrency)
+
+    async def fetch(self, url: str) -> _Outcome:
+        """Never raises a handler error: the outcome says what happened."""
+        async with self._slots:
+            try:
+                return _Outcome(url, saved=await self._fetch(url))
+            except HandlerError as exc:
+                return _Outcome(url, error=exc)
+            except httpx.TimeoutException as exc:
+                return _Outcome(url, error=TransientError(f"timed out ({type(exc).__name__})"))
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+                return _Outcome(url, error=PermanentError(f"invalid URL: {exc}"))
+            except httpx.TransportError as exc:
+                return _Outcome(url, error=TransientError(f"{type(exc).__name__}: {exc}"))
+            except ValidationFailed as exc:
+                return _Outcome(url, error=PermanentError(exc.message))
+
+    async def _fetch(self, url: str) -> dict[str, Any]:
+        original = current = httpx.URL(url)
+        for hop in range(MAX_REDIRECTS + 1):
+            response = await self._open(current)
+            try:
+                if response.status_code in REDIRECT_STATUSES and "location" in response.headers:
+                    if hop == MAX_REDIRECTS:
+                        raise PermanentError(f"more than {MAX_REDIRECTS} redirects")
+                    current = current.join(response.headers["location"])
+                    if current.scheme not in ("http", "https"):
+                        raise PermanentError(f"refusing a redirect to a {current.scheme}: URL")
+                    if current.userinfo:
+                        raise PermanentError("refusing a redirect to a URL with credentials")
+                    continue
+                if not 200 <= response.status_code < 300:
+                    raise _status_error(response)
+                source = original if original.path.rsplit("/", 1)[-1] else current
+                return await self._save(url, source, response)
+            finally:
+                await response.aclose()
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _open(self, url: httpx.URL) -> httpx.Response:
+        """Send GET ``url`` to a checked address of its host; headers only."""
+        if url.scheme not in ("http", "https"):
+            raise PermanentError(f"only http and https URLs are allowed, not {url.scheme}:")
+        host = url.raw_host.decode("ascii")  # IDNA-encoded already
+        port = url.port or (443 if url.scheme == "https" else 80)
+        addresses = await resolve(host, port, self._connect_timeout)
+        for address in addresses:
+            reason = self._guard.refusal(address, port)
+            if reason is not None:
+                shown = host if str(address) == host else f"{host} ({address})"
+                raise PermanentError(
+                    f"refusing to connect to {shown}: a {reason} address "
+                    "(download_allow_private is off)"
+                )
+        is_literal = _literal_address(host) is not None
+        last_error: httpx.TransportError | None = None
+        for address in addresses:
+            extensions: dict[str, Any] = {}
+            if url.scheme == "https" and not is_literal:
+                extensions["sni_hostname"] = host
+            request = self._client.build_request(
+                "GET",
+                url.copy_with(host=str(address)),
+                headers={"Host": url.netloc.decode("ascii")},
+                extensions=extensions,
+            )
+            try:
+                return await self._client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                last_error = exc  # try the host's next address
+        assert last_error is not None
+        raise last_error
+
+    async def _save(self, url: str, source: httpx.URL, response: httpx.Response) -> dict[str, Any]:
+        declared = _declared_length(response)
+        if declared is not None and declared > self._max_bytes:
+            raise PermanentError(
+                f"the file is {declared} bytes, over the limit of {self._max_bytes}"
+            )
+        content_type = response.headers.get("content-type")
+        stem, extension = name_parts(source, content_type)
+        name = self._files.unique_name(stem, extension)
+        digest = hashlib.sha256()
+        size = 0
+        writer = self._files.atomic_writer(name, on_conflict="rename")
+        try:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self._max_bytes:
+                    raise PermanentError(f"the file is over the limit of {self._max_bytes} bytes")
+                digest.update(chunk)
+                writer.write(chunk)
+            saved_name = await asyncio.to_thread(writer.commit)
+        finally:
+            writer.discard()
+        return {
+            "url": url,
+            "name": saved_name,
+            "size": size,
+            "sha256": digest.hexdigest(),
+            "content_type": media_type(content_type) or None,
+        }
+
+
+def _earlier_downloads(previous: Any, files: UserFiles) -> dict[str, dict[str, Any]]:
+    """Files an earlier attempt saved and that are still there, by URL."""
+    if not isinstance(previous, dict) or not isinstance(previous.get("files"), list):
+        return {}
+    kept: dict[str, dict[str, Any]] = {}
+    for entry in previous["files"]:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("url"), str)
+            and isinstance(entry.get("name"), str)
+        ):
+            continue
+        try:
+            if files.exists(entry["name"]):
+                kept[entry["url"]] = entry
+        except ValidationFailed:
+            continue
+    return kept
+
+
+def _client(settings: Settings) -> httpx.AsyncClient:
+    read_seconds = settings.download_read_timeout_seconds
+    connect_seconds = settings.download_connect_timeout_seconds
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(
+            connect=connect_seconds, read=read_seconds, write=read_seconds, pool=connect_seconds
+        ),
+        # Requests go to IP addresses, so a pooled connection could be reused
+        # for another host name on the same IP with the wrong TLS name.
+        limits=httpx.Limits(
+            max_connections=settings.download_concurrency, max_keepalive_connections=0
+        ),
+        follow_redirects=False,
+        # No proxies or netrc from the environment: they would bypass the guard.
+        trust_env=False,
+        # The system trust store (SSL_CERT_FILE / SSL_CERT_DIR work as usual).
+        verify=ssl.create_default_context(),
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+    )
+
+
+async def download(
+    payload: DownloadFilesPayload, ctx: TaskContext, *, guard: AddressGuard
+) -> dict[str, Any]:
+    """The handler, with the address policy spelled out."""
+    urls = list(dict.fromkeys(payload.urls))
+    done = _earlier_downloads(ctx.previous_result, ctx.files)
+
+    def progress() -> dict[str, Any]:
+        return {"files": [done[url] for url in urls if url in done]}
+
+    failures: list[_Outcome] = []
+    pending = [url for url in urls if url not in done]
+    async with _client(ctx.settings) as client:
+        downloader = _Downloader(client, ctx.files, ctx.settings, guard)
+        tasks = [asyncio.create_task(downloader.fetch(url)) for url in pending]
+        try:
+            for next_outcome in asyncio.as_completed(tasks):
+                outcome = await next_outcome
+                if outcome.saved is None:
+                    failures.append(outcome)
+                    continue
+                done[outcome.url] = outcome.saved
+                if ctx.save_progress is not None:
+                    await ctx.save_progress(progress())
+        finally:
+            for task in tasks:
+                task.cancel()
+            # Collects the cancelled ones; a first real error already propagates.
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    if not failures:
+        return progress()
+    failures.sort(key=lambda outcome: urls.index(outcome.url))
+    partial = progress()
+    partial["failed"] = [
+        {"url": outcome.url, "error": outcome.error.message if outcome.error else "unknown"}
+        for outcome in failures
+    ]
+    summary = "; ".join(f"{entry['url']}: {entry['error']}" for entry in partial["failed"])
+    message = f"{len(failures)} of {len(urls)} downloads failed: {summary}"
+    if any(isinstance(outcome.error, PermanentError) for outcome in failures):
+        raise PermanentError(message, partial_result=partial)
+    delays = [
+        outcome.error.delay_seconds
+        for outcome in failures
+        if isinstance(outcome.error, TransientError) and outcome.error.delay_seconds is not None
+    ]
+    raise TransientError(message, partial_result=partial, delay_seconds=max(delays, default=None))
+
+
+async def download_files(payload: DownloadFilesPayload, ctx: TaskContext) -> dict[str, Any]:
+    return await download(payload, ctx, guard=AddressGuard.from_settings(ctx.settings))
+
+
+TASK_TYPE = TaskType(
+    name="download_files",
+    payload_model=DownloadFilesPayload,
+    handler=download_files,
+    description="Download up to 20 http(s) URLs into the owner's files.",
+)
