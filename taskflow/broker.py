@@ -19,6 +19,8 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
+from taskflow.waiting import wait_event
+
 log = logging.getLogger(__name__)
 
 # Called with the task ids of a delivery and a function that acks it.
@@ -70,11 +72,7 @@ class Broker:
         self._task = asyncio.create_task(self._run(), name=f"broker:{self.queue_name}")
 
     async def wait_connected(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.connected.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self.connected, timeout)
 
     async def close(self) -> None:
         self._stopping.set()
@@ -123,8 +121,7 @@ class Broker:
                     log.warning("broker connection lost", extra={"event": "broker_lost"})
             if self._stopping.is_set():
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            await wait_event(self._stopping, delay)
             delay = min(delay * 2, 5.0)
 
     async def _connect(self) -> None:

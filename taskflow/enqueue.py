@@ -40,6 +40,43 @@ def new_task_id() -> UUID:
     return UUID(int=value)
 
 
+def check_run_at(run_at: datetime | None, field: str = "run_at") -> None:
+    """Refuse an instant with no UTC form (0001-01-01T00:00+01:00): asyncpg
+    cannot send it, and it would otherwise be a 500 at the INSERT."""
+    if run_at is None:
+        return
+    try:
+        run_at.astimezone(UTC)
+    except OverflowError:
+        raise ValidationFailed(
+            "run_at is out of range",
+            details=[{"field": field, "message": "must fall within years 1 to 9999 in UTC"}],
+        ) from None
+
+
+def _find_nul(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) holding U+0000, if any.
+
+    Iterative: a plugin's free-form payload may nest deeper than Python recurses.
+    """
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return where
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                child_path = f"{where}.{key}" if where else str(key)
+                if "\x00" in str(key):
+                    return child_path
+                stack.append((child, child_path))
+        elif isinstance(item, list):
+            for index in range(len(item) - 1, -1, -1):
+                stack.append((item[index], f"{where}.{index}" if where else str(index)))
+    return None
+
+
 class Enqueuer:
     def __init__(
         self,
@@ -69,6 +106,7 @@ class Enqueuer:
                 ],
             )
         payload = self.validate_payload(request.type, request.payload, prefix=f"{dot}payload")
+        check_run_at(request.run_at, f"{dot}run_at")
         if (
             self.reject_past_run_at
             and request.run_at is not None
@@ -94,12 +132,26 @@ class Enqueuer:
         if task_type is None:
             raise ValidationFailed(f"task type {type_name!r} is not registered here")
         try:
-            model = task_type.payload_model.model_validate(payload)
+            # Strict, in JSON mode: payloads arrive and are stored as JSON, so
+            # "1" is not a number and 1 is not true (the seed's typed decoding
+            # refused them too), while strings still become dates or UUIDs.
+            model = task_type.payload_model.model_validate_json(orjson.dumps(payload), strict=True)
+        except orjson.JSONEncodeError as exc:
+            raise ValidationFailed(
+                "invalid payload", details=[{"field": prefix, "message": f"not JSON: {exc}"}]
+            ) from None
         except ValidationError as exc:
             raise ValidationFailed(
                 "invalid payload", details=describe_validation_error(exc, prefix)
             ) from None
         normalised: dict[str, Any] = model.model_dump(mode="json", exclude_unset=True)
+        nul_at = _find_nul(normalised, prefix)
+        if nul_at is not None:
+            # jsonb cannot hold U+0000: refuse it here as a 400, not a 500 at INSERT.
+            raise ValidationFailed(
+                "invalid payload",
+                details=[{"field": nul_at, "message": "must not contain NUL characters"}],
+            )
         return normalised
 
     async def create(

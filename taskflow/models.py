@@ -99,8 +99,13 @@ def check_file_name(name: str) -> str:
 FileName = Annotated[str, AfterValidator(check_file_name)]
 
 
+# Every break str.splitlines() knows, not only CR and LF: the email package
+# splits header values on all of them.
+_LINE_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00")
+
+
 def _no_line_breaks(value: str) -> str:
-    if any(ch in value for ch in "\r\n\x00"):
+    if not _LINE_BREAKS.isdisjoint(value):
         raise ValueError("must not contain line breaks or NUL characters")
     return value
 

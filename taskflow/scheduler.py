@@ -18,7 +18,6 @@ Steps 1 and 2 use SKIP LOCKED, so several schedulers share the work; steps 3 and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from uuid import UUID
@@ -26,6 +25,7 @@ from uuid import UUID
 from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.store import CONNECTION_ERRORS, Store
+from taskflow.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,7 @@ class Scheduler:
                     await self.tick()
                 except CONNECTION_ERRORS as exc:
                     log.warning("tick failed", extra={"event": "tick_failed", "error": str(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
+                await wait_event(stop, interval)
         finally:
             if self.broker is not None:
                 await self.broker.close()

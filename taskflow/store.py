@@ -32,6 +32,7 @@ from taskflow.errors import (
     ValidationFailed,
 )
 from taskflow.models import EDITABLE, RETRYABLE, TERMINAL, TaskStatus
+from taskflow.waiting import wait_any
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ UPDATE tasks SET
                   THEN 'queued'::task_status ELSE status END,
     updated_at = now()
 WHERE id = $1 AND user_id = $2 AND status = ANY($7::task_status[])
-  AND NOT (status = 'queued' AND $6::timestamptz > now())
+  AND NOT (status = 'queued' AND coalesce($6::timestamptz > now(), false))
 RETURNING {TASK_COLUMNS}
 """
 CANCEL_TASK = f"""
@@ -739,7 +740,7 @@ class Listener:
                 delay = 0.1
                 # Wake up periodically to notice a silently dead connection.
                 while not stop.is_set() and not self.lost.is_set():
-                    await _wait_any(stop, self.lost, timeout=5)
+                    await wait_any(stop, self.lost, timeout=5)
                     if not stop.is_set() and not self.lost.is_set():
                         await self._connection.execute("SELECT 1", timeout=5)
             except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
@@ -753,22 +754,13 @@ class Listener:
                     self._connection.terminate()
                     self._connection = None
             if not stop.is_set():
-                await _wait_any(stop, timeout=delay)
+                await wait_any(stop, timeout=delay)
                 delay = min(delay * 2, 5)
                 # Anything may have happened while we were deaf: let the owner look.
                 self.callback("reconnected", "")
 
     def _on_notify(self, _connection: Any, _pid: int, channel: str, payload: str) -> None:
         self.callback(channel, payload)
-
-
-async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -39,6 +39,7 @@ from taskflow.files import UserFiles
 from taskflow.handlers import Registry, TaskContext
 from taskflow.models import TaskStatus
 from taskflow.store import CONNECTION_ERRORS, Listener, Outcome, Record, Store
+from taskflow.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Batcher:
         return future
 
     async def run(self) -> None:
-        while True:
+        while True:  # ends by cancellation, once the worker has nothing left to write
             await self.wake.wait()
             self.wake.clear()
             batch, self.pending = self.pending, []
@@ -277,8 +278,8 @@ class Worker:
     async def _claim_loop(self) -> None:
         """Claim delivered ids, as many per statement as have arrived."""
         assert self.store is not None
-        while True:
-            await self._claim_wake.wait()
+        while not self._stop.is_set():
+            await wait_event(self._claim_wake, 1.0)
             self._claim_wake.clear()
             if not self._accepting:
                 continue
@@ -329,28 +330,29 @@ class Worker:
         woken by NOTIFY, a freed slot, or the poll interval as a safety net."""
         assert self.store is not None
         poll = self.settings.worker_poll_interval_ms / 1000
-        while True:
-            if self._accepting and not self._broker_live() and self.free_slots > 0:
-                self._db_wake.clear()
-                limit = self.free_slots
-                self._claims_in_flight += limit
-                try:
-                    rows = await self._claim_with_retry(
-                        lambda limit=limit: self.store.claim_next_tasks(  # type: ignore[union-attr,misc]
-                            limit, self.worker_id, self.lease_seconds
-                        )
+        self._db_wake.set()  # look once at start: work may be waiting already
+        while not self._stop.is_set():
+            await wait_event(self._db_wake, poll)
+            self._db_wake.clear()
+            if not self._accepting or self._broker_live() or self.free_slots <= 0:
+                continue
+            limit = self.free_slots
+            self._claims_in_flight += limit
+            try:
+                rows = await self._claim_with_retry(
+                    lambda limit=limit: self.store.claim_next_tasks(  # type: ignore[union-attr,misc]
+                        limit, self.worker_id, self.lease_seconds
                     )
-                finally:
-                    self._claims_in_flight -= limit
-                for row in rows or []:
-                    self._start(row, None)
-                if rows is not None and len(rows) == limit:
-                    continue  # there may be more right away
-                if self.burst and rows == [] and not self.running:
-                    self._idle.set()
-                    return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._db_wake.wait(), poll)
+                )
+            finally:
+                self._claims_in_flight -= limit
+            for row in rows or []:
+                self._start(row, None)
+            if rows is not None and len(rows) == limit:
+                self._db_wake.set()  # there may be more right away
+            elif self.burst and rows == [] and not self.running:
+                self._idle.set()
+                return
 
     # ----- running a task
 
@@ -454,10 +456,14 @@ class Worker:
         timeout = self.registry.timeout_for(running.task_type, self.settings)
         started = time.perf_counter()
         log.debug("task started", extra={**extra, "event": "task_started"})
+        deadline = asyncio.timeout(timeout)
         try:
-            result = await asyncio.wait_for(task_type.handler(payload, context), timeout)
-        except TimeoutError:
-            return failed(f"timed out after {timeout:g}s", permanent=False)
+            async with deadline:
+                result = await task_type.handler(payload, context)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return failed(f"timed out after {timeout:g}s", permanent=False)
+            return failed(f"TimeoutError: {exc}", permanent=False)
         except PermanentError as exc:
             return failed(exc.message, permanent=True, partial=exc.partial_result)
         except TransientError as exc:
@@ -526,8 +532,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         assert self.store is not None
         interval = max(self.lease_seconds / 3, 0.2)
-        while True:
-            await asyncio.sleep(interval)
+        while not await wait_event(self._stop, interval):
             claims = [(r.task_id, r.claim_token) for r in self.running.values()]
             try:
                 kept = await self.store.extend_leases(self.worker_id, claims, self.lease_seconds)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +97,11 @@ def make_settings(
         "TASKFLOW_ENV_FILE": "/nonexistent/.env",
         "TASKFLOW_LOG_FORMAT": "text",
     }
-    return load_settings(environ, overrides={"download_allow_private": True, **overrides})
+    defaults: dict[str, Any] = {
+        "download_allow_private": True,
+        "plugins": ("tests.plugins:TASK_TYPES",),
+    }
+    return load_settings(environ, overrides={**defaults, **overrides})
 
 
 @pytest.fixture
@@ -138,3 +144,34 @@ async def auth_headers(
     assert response.status_code == 200, await response.get_data()
     token = (await response.get_json())["token"]
     return {"Authorization": token}
+
+
+# ----- running engine components in-process
+
+
+@asynccontextmanager
+async def running(component: Any) -> AsyncIterator[Any]:
+    """Run a Worker or Scheduler (anything with ``run(stop)``) for the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(component.run(stop))
+    try:
+        yield component
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 15, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until true, failing the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def new_user(store: Store, email: str = "worker-test@example.com") -> int:
+    return await store.insert_user(email, "not-a-real-hash")

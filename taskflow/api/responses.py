@@ -47,13 +47,30 @@ async def read_json_body() -> Any:
         raise ValidationFailed(f"malformed JSON: {exc.msg} at position {exc.pos}") from None
 
 
-def parse_model(model: type[ModelT], data: Any, *, what: str = "request body") -> ModelT:
+def parse_model(
+    model: type[ModelT], data: Any, *, what: str = "request body", field_prefix: str = ""
+) -> ModelT:
+    """Validate decoded JSON; ``field_prefix`` (``tasks[3]``) names where it sits."""
     if not isinstance(data, dict):
-        raise ValidationFailed(f"{what} must be a JSON object")
+        raise ValidationFailed(
+            f"{what} must be a JSON object",
+            details=[{"field": field_prefix or "(body)", "message": "must be a JSON object"}],
+        )
     try:
-        return model.model_validate(data)
+        # Strict, in JSON mode: the body was JSON, so "3" is not a number, true
+        # is not 1 and 1700000000 is not a run_at (the seed's typed decoding
+        # refused them too), while RFC 3339 strings still become datetimes.
+        return model.model_validate_json(dumps(data), strict=True)
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels but writes only 254: no request needs either.
+        raise ValidationFailed(
+            f"{what} is nested too deeply",
+            details=[{"field": field_prefix or "(body)", "message": "nested too deeply"}],
+        ) from None
     except ValidationError as exc:
-        raise ValidationFailed(f"invalid {what}", details=describe_validation_error(exc)) from None
+        raise ValidationFailed(
+            f"invalid {what}", details=describe_validation_error(exc, field_prefix)
+        ) from None
 
 
 async def read_model(model: type[ModelT]) -> ModelT:

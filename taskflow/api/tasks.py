@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 from uuid import UUID
@@ -15,13 +15,14 @@ from uuid import UUID
 from quart import Blueprint, Response, request
 
 from taskflow.api import state
-from taskflow.api.responses import json_response, parse_model, read_model
+from taskflow.api.responses import json_response, parse_model, read_json_body, read_model
 from taskflow.api.security import current_user_id, require_user
-from taskflow.enqueue import Enqueuer
+from taskflow.enqueue import Enqueuer, check_run_at
 from taskflow.errors import InvalidTransition, TaskNotFound, ValidationFailed
 from taskflow.models import (
     EDITABLE,
     RETRYABLE,
+    TASK_TYPE_PATTERN,
     TERMINAL,
     TaskBatchCreate,
     TaskCreate,
@@ -113,9 +114,19 @@ async def create_task() -> Response:
 @blueprint.post("/api/tasks/batch")
 @require_user
 async def create_tasks() -> Response:
-    batch = await read_model(TaskBatchCreate)
+    body = await read_json_body()
+    raw_items = body.get("tasks") if isinstance(body, dict) else None
+    if isinstance(raw_items, list):
+        # TaskBatchCreate alone would call a non-object item "tasks.3"; every
+        # other error about an item names it "tasks[3]...", so this one does too.
+        for index, item in enumerate(raw_items):
+            if not isinstance(item, dict):
+                parse_model(
+                    TaskCreate, item, what=f"tasks[{index}]", field_prefix=f"tasks[{index}]"
+                )
+    batch = parse_model(TaskBatchCreate, body)
     items = [
-        parse_model(TaskCreate, item, what=f"tasks[{index}]")
+        parse_model(TaskCreate, item, what=f"tasks[{index}]", field_prefix=f"tasks[{index}]")
         for index, item in enumerate(batch.tasks)
     ]
     rows = await _enqueuer().create_many(current_user_id(), items)
@@ -134,8 +145,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         parsed = datetime.fromisoformat(created_at)
         if parsed.tzinfo is None:
             raise ValueError("naive time")
-        return parsed, UUID(task_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        # A forged cursor may name an instant with no UTC form, which asyncpg
+        # cannot send (OverflowError, a 500): normalise it here instead.
+        return parsed.astimezone(UTC), UUID(task_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise ValidationFailed(
             "invalid cursor", details=[{"field": "cursor", "message": "use the Link header"}]
         ) from None
@@ -145,7 +158,8 @@ def _query_limit() -> int:
     raw = request.args.get("limit")
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # isascii: str.isdigit() is also true for "²", which int() then refuses (a 500).
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ValidationFailed(
             "invalid limit",
             details=[{"field": "limit", "message": f"must be an integer from 1 to {MAX_LIMIT}"}],
@@ -177,8 +191,13 @@ async def list_tasks() -> Response:
                 ],
             ) from None
     task_type = request.args.get("type")
-    if task_type is not None and not 1 <= len(task_type) <= 64:
-        raise ValidationFailed("invalid type", details=[{"field": "type", "message": "bad length"}])
+    # The same rule as a registered type's name; it also keeps NUL (which
+    # Postgres text cannot hold, a 500) and other junk away from the query.
+    if task_type is not None and not TASK_TYPE_PATTERN.fullmatch(task_type):
+        raise ValidationFailed(
+            "invalid type",
+            details=[{"field": "type", "message": "must match [a-z][a-z0-9_]{0,63}"}],
+        )
     limit = _query_limit()
     cursor = request.args.get("cursor")
     before = _decode_cursor(cursor) if cursor else None
@@ -229,6 +248,7 @@ def _not_in(row: Record, allowed: frozenset[TaskStatus], action: str) -> Invalid
 async def patch_task(raw_id: str) -> Response:
     task_id = _task_id(raw_id)
     body = await read_model(TaskPatch)
+    check_run_at(body.run_at)
     current = await _own_task(task_id)
     if current["status"] not in EDITABLE:
         raise _not_in(current, EDITABLE, "change")

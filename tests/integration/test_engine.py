@@ -1,0 +1,551 @@
+"""The queue engine against real Postgres and RabbitMQ: claims, fencing, retries,
+timeouts, cancellation, leases, the scheduler, and the no-broker path."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from taskflow.broker import Broker
+from taskflow.config import Settings
+from taskflow.enqueue import Enqueuer, new_task_id
+from taskflow.handlers import build_registry
+from taskflow.models import TaskCreate, TaskStatus
+from taskflow.scheduler import Scheduler
+from taskflow.store import (
+    CLAIM_NEXT_TASKS,
+    CLAIM_QUEUED_TASKS,
+    PROMOTE_DUE_TASKS,
+    RESCUE_EXPIRED_LEASES,
+    NewTask,
+    Outcome,
+    Store,
+)
+from taskflow.worker import Worker
+from tests.conftest import AMQP_URL, make_settings, new_user, running, wait_until
+
+FAST = {
+    "scheduler_interval_ms": 50,
+    "lease_seconds": 2,
+    "retry_backoff_base_ms": 100,
+    "retry_backoff_max_ms": 1000,
+    "shutdown_grace_seconds": 1,
+    "worker_poll_interval_ms": 200,
+    "republish_after_seconds": 0.3,
+}
+
+
+@pytest.fixture
+def fast(database: str, queue_name: str, tmp_path: Path) -> Settings:
+    return make_settings(database, queue=queue_name, files=tmp_path / "files", **FAST)
+
+
+@pytest.fixture
+def no_broker(database: str, tmp_path: Path) -> Settings:
+    return make_settings(database, queue=None, files=tmp_path / "files", **FAST)
+
+
+@pytest.fixture
+async def publisher(fast: Settings) -> AsyncIterator[Broker]:
+    broker = Broker(AMQP_URL, fast.amqp_queue, name="test-publisher")
+    broker.start()
+    assert await broker.wait_connected(5)
+    yield broker
+    await broker.close()
+
+
+@pytest.fixture
+async def user_id(store: Store) -> int:
+    return await new_user(store)
+
+
+def enqueuer(store: Store, settings: Settings, broker: Broker | None) -> Enqueuer:
+    return Enqueuer(store, build_registry(settings), broker)
+
+
+async def create(
+    queue: Enqueuer, user_id: int, task_type: str, payload: dict[str, Any], **fields: Any
+) -> uuid.UUID:
+    row, _ = await queue.create(user_id, TaskCreate(type=task_type, payload=payload, **fields))
+    task_id: uuid.UUID = row["id"]
+    return task_id
+
+
+async def status_of(store: Store, task_id: uuid.UUID) -> str:
+    status: str = await store.pool.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
+    return status
+
+
+async def events_of(store: Store, task_id: uuid.UUID) -> list[str]:
+    rows = await store.pool.fetch(
+        "SELECT event FROM task_history WHERE task_id = $1 ORDER BY id", task_id
+    )
+    return [row["event"] for row in rows]
+
+
+def all_in(store: Store, ids: list[uuid.UUID], status: str) -> Any:
+    async def check() -> bool:
+        count = await store.pool.fetchval(
+            "SELECT count(*) FROM tasks WHERE id = ANY($1) AND status = $2", ids, status
+        )
+        return bool(count == len(ids))
+
+    return check
+
+
+async def bulk_queued(store: Store, user_id: int, count: int, **payload: Any) -> list[uuid.UUID]:
+    rows = await store.insert_tasks(
+        user_id,
+        [
+            NewTask(new_task_id(), "test_noop", {"n": i, **payload}, 0, 3, None)
+            for i in range(count)
+        ],
+    )
+    return [row["id"] for row in rows]
+
+
+# ----- claims
+
+
+async def test_eight_concurrent_claimers_claim_each_row_exactly_once(
+    store: Store, user_id: int
+) -> None:
+    ids = await bulk_queued(store, user_id, 1000)
+    claimed: list[uuid.UUID] = []
+
+    async def by_next(worker: str) -> None:
+        while rows := await store.claim_next_tasks(7, worker, 30):
+            claimed.extend(row["id"] for row in rows)
+
+    async def by_ids(worker: str) -> None:
+        # Overlapping random batches, as duplicate deliveries would produce.
+        rng = random.Random(worker)
+        for _ in range(150):
+            rows = await store.claim_queued_tasks(rng.sample(ids, 20), worker, 30)
+            claimed.extend(row["id"] for row in rows)
+
+    await asyncio.gather(
+        *(by_next(f"next-{i}") for i in range(4)), *(by_ids(f"ids-{i}") for i in range(4))
+    )
+    await by_next("sweeper")
+    counts = Counter(claimed)
+    assert len(counts) == 1000
+    assert max(counts.values()) == 1
+    history = await store.pool.fetch(
+        "SELECT task_id, count(*) AS n FROM task_history WHERE event = 'claimed' GROUP BY task_id"
+    )
+    assert len(history) == 1000
+    assert all(row["n"] == 1 for row in history)
+    tokens = await store.pool.fetchval("SELECT count(DISTINCT claim_token) FROM tasks")
+    assert tokens == 1000
+
+
+async def test_worker_runs_tasks_from_the_broker(
+    store: Store, fast: Settings, publisher: Broker, user_id: int
+) -> None:
+    queue = enqueuer(store, fast, publisher)
+    ids = [await create(queue, user_id, "test_noop", {"n": i}) for i in range(40)]
+    async with running(Worker(fast, build_registry(fast), concurrency=4)) as worker:
+        await wait_until(all_in(store, ids, "done"), what="all done")
+        assert worker.broker is not None
+        assert worker.broker.connected.is_set()
+    rows = await store.pool.fetch("SELECT attempts, result FROM tasks WHERE id = ANY($1)", ids)
+    assert all(row["attempts"] == 1 for row in rows)
+    assert sorted(row["result"]["n"] for row in rows) == list(range(40))
+    assert await events_of(store, ids[0]) == ["created", "claimed", "completed"]
+
+
+async def test_duplicate_stale_and_garbage_messages_are_dropped(
+    store: Store, fast: Settings, publisher: Broker, user_id: int
+) -> None:
+    queue = enqueuer(store, fast, publisher)
+    task_id = await create(queue, user_id, "test_noop", {"n": 1})
+    assert await publisher.publish_ids([task_id, task_id, task_id, uuid.uuid4()])
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    await channel.default_exchange.publish(
+        aio_pika.Message(b"not a uuid"), routing_key=fast.amqp_queue
+    )
+    async with running(Worker(fast, build_registry(fast), concurrency=2)):
+        await wait_until(all_in(store, [task_id], "done"))
+        # A stale message for a finished task arrives later.
+        assert await publisher.publish_ids([task_id])
+
+        async def drained() -> bool:
+            return await publisher.queue_depth() == 0
+
+        await wait_until(drained, what="queue drained")
+        await asyncio.sleep(0.2)
+    assert (await events_of(store, task_id)).count("claimed") == 1
+    declared = await channel.declare_queue(fast.amqp_queue, durable=True, passive=True)
+    assert declared.declaration_result.message_count == 0  # everything was acked
+    await connection.close()
+
+
+# ----- fencing and leases
+
+
+async def test_a_worker_whose_lease_lapsed_cannot_finish_or_save(
+    store: Store, fast: Settings, user_id: int
+) -> None:
+    [task_id] = await bulk_queued(store, user_id, 1)
+    [first] = await store.claim_queued_tasks([task_id], "worker-a", 30)
+    await store.pool.execute(
+        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1", task_id
+    )
+    scheduler = Scheduler(fast)
+    scheduler.store = store
+    report = await scheduler.tick()
+    assert report.rescued == 1
+    assert report.promoted == 1
+    [second] = await store.claim_queued_tasks([task_id], "worker-b", 30)
+    assert second["claim_token"] != first["claim_token"]
+    assert second["attempts"] == 2
+
+    # worker-a comes back from a pause: none of its writes land.
+    late = Outcome(task_id, first["claim_token"], TaskStatus.DONE, {"by": "a"}, True)
+    assert await store.finish_processing_tasks([late]) == set()
+    assert not await store.save_task_progress(task_id, first["claim_token"], {"by": "a"})
+    assert await store.extend_leases("worker-a", [(task_id, first["claim_token"])], 30) == set()
+    failed = Outcome(task_id, first["claim_token"], TaskStatus.FAILED, error="late")
+    assert await store.finish_processing_tasks([failed]) == set()
+
+    done = Outcome(task_id, second["claim_token"], TaskStatus.DONE, {"by": "b"}, True)
+    assert await store.finish_processing_tasks([done]) == {task_id}
+    row = await store.pool.fetchrow(
+        "SELECT status, result, worker_id FROM tasks WHERE id = $1", task_id
+    )
+    assert (row["status"], row["result"], row["worker_id"]) == ("done", {"by": "b"}, "worker-b")
+    history = await store.pool.fetch(
+        "SELECT event, worker_id, error FROM task_history WHERE task_id = $1 ORDER BY id", task_id
+    )
+    assert [h["event"] for h in history] == [
+        "created",
+        "claimed",
+        "lease_expired",
+        "due",
+        "claimed",
+        "completed",
+    ]
+    assert history[2]["worker_id"] == "worker-a"
+    assert "worker worker-a lost" in history[2]["error"]
+    # Done at most once, whatever the late worker tried.
+    assert [h["event"] for h in history].count("completed") == 1
+
+
+async def test_rescue_fails_a_task_out_of_retries_and_quarantines_crashers(
+    store: Store, database: str, queue_name: str, tmp_path: Path, user_id: int
+) -> None:
+    settings = make_settings(
+        database, queue=queue_name, files=tmp_path, max_lease_crashes=2, **FAST
+    )
+    scheduler = Scheduler(settings)
+    scheduler.store = store
+    no_retries = (
+        await store.insert_tasks(user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 0, None)])
+    )[0]["id"]
+    crasher = (await bulk_queued(store, user_id, 1))[0]
+
+    async def lose_lease(task_id: uuid.UUID) -> None:
+        await store.claim_queued_tasks([task_id], "doomed-worker", 30)
+        await store.pool.execute(
+            "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+            task_id,
+        )
+        await scheduler.tick()
+
+    await lose_lease(no_retries)
+    assert await status_of(store, no_retries) == "failed"
+    await lose_lease(crasher)
+    assert await status_of(store, crasher) == "queued"
+    await lose_lease(crasher)
+    row = await store.pool.fetchrow(
+        "SELECT status, attempts, last_error, finished_at FROM tasks WHERE id = $1", crasher
+    )
+    assert row["status"] == "failed"
+    assert row["attempts"] == 2  # max_retries 3 would have allowed more
+    assert "quarantined after 2 attempts ended with a lost worker" in row["last_error"]
+    assert row["finished_at"] is not None
+
+
+async def test_heartbeat_keeps_a_long_task_alive(
+    store: Store, fast: Settings, publisher: Broker, user_id: int
+) -> None:
+    queue = enqueuer(store, fast, publisher)
+    task_id = await create(queue, user_id, "test_sleep", {"seconds": 3.5})  # lease is 2 s
+    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+        await wait_until(all_in(store, [task_id], "done"), timeout=15)
+    assert await events_of(store, task_id) == ["created", "claimed", "completed"]
+
+
+# ----- outcomes: retries, backoff, permanent errors, timeouts
+
+
+async def test_transient_failures_retry_with_backoff_then_succeed(
+    store: Store, fast: Settings, publisher: Broker, user_id: int
+) -> None:
+    queue = enqueuer(store, fast, publisher)
+    task_id = await create(queue, user_id, "test_fail", {"kind": "transient", "times": 2})
+    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+        await wait_until(all_in(store, [task_id], "done"))
+    assert await events_of(store, task_id) == [
+        "created",
+        "claimed",
+        "attempt_failed",
+        "due",
+        "claimed",
+        "attempt_failed",
+        "due",
+        "claimed",
+        "completed",
+    ]
+    history = await store.pool.fetch(
+        "SELECT event, at, error FROM task_history WHERE task_id = $1 ORDER BY id", task_id
+    )
+    failures = [h for h in history if h["event"] == "attempt_failed"]
+    dues = [h for h in history if h["event"] == "due"]
+    # Backoff ceilings 100 ms then 200 ms; the delay is at least half the ceiling.
+    assert dues[0]["at"] - failures[0]["at"] >= timedelta(milliseconds=50)
+    assert dues[1]["at"] - failures[1]["at"] >= timedelta(milliseconds=100)
+    assert failures[0]["error"] == "transient failure on attempt 1"
+    row = await store.pool.fetchrow(
+        "SELECT attempts, retries, result FROM tasks WHERE id = $1", task_id
+    )
+    assert (row["attempts"], row["retries"]) == (3, 2)
+    assert row["result"] == {"succeeded_on_attempt": 3}
+
+
+async def test_out_of_retries_permanent_errors_bugs_and_timeouts(
+    store: Store, database: str, queue_name: str, tmp_path: Path, publisher: Broker, user_id: int
+) -> None:
+    settings = make_settings(
+        database,
+        queue=queue_name,
+        files=tmp_path,
+        task_timeout_seconds={"test_sleep": 0.3},
+        **FAST,
+    )
+    queue = enqueuer(store, settings, publisher)
+    exhausted = await create(queue, user_id, "test_fail", {"kind": "transient"}, max_retries=1)
+    permanent = await create(queue, user_id, "test_fail", {"kind": "permanent"}, max_retries=5)
+    bug = await create(queue, user_id, "test_fail", {"kind": "error", "times": 1})
+    slow = await create(queue, user_id, "test_sleep", {"seconds": 5}, max_retries=0)
+    async with running(Scheduler(settings)), running(Worker(settings, build_registry(settings))):
+        await wait_until(all_in(store, [exhausted, permanent, slow], "failed"))
+        await wait_until(all_in(store, [bug], "done"))
+    rows = {
+        row["id"]: row
+        for row in await store.pool.fetch(
+            "SELECT id, attempts, last_error, finished_at FROM tasks WHERE id = ANY($1)",
+            [exhausted, permanent, bug, slow],
+        )
+    }
+    assert rows[exhausted]["attempts"] == 2
+    assert rows[exhausted]["last_error"] == "transient failure on attempt 2"
+    assert rows[permanent]["attempts"] == 1
+    assert rows[permanent]["last_error"] == "permanent failure on attempt 1"
+    assert rows[bug]["attempts"] == 2
+    assert rows[bug]["last_error"] == "RuntimeError: handler bug on attempt 1"
+    assert rows[slow]["last_error"] == "timed out after 0.3s"
+    assert all(rows[i]["finished_at"] is not None for i in (exhausted, permanent, slow))
+    assert (await events_of(store, permanent))[-1] == "failed"
+
+
+async def test_progress_is_saved_and_a_retry_resumes(
+    store: Store, fast: Settings, publisher: Broker, user_id: int
+) -> None:
+    queue = enqueuer(store, fast, publisher)
+    task_id = await create(queue, user_id, "test_progress", {"steps": 5, "fail_at": 2})
+    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+        await wait_until(all_in(store, [task_id], "done"))
+    result = await store.pool.fetchval("SELECT result FROM tasks WHERE id = $1", task_id)
+    assert [step["attempt"] for step in result["steps"]] == [1, 1, 2, 2, 2]
+
+
+# ----- cancellation
+
+
+async def test_cancelling_a_running_task_stops_its_handler(
+    store: Store, fast: Settings, publisher: Broker, user_id: int, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    queue = enqueuer(store, fast, publisher)
+    task_id = await create(queue, user_id, "test_sleep", {"seconds": 60, "marks": str(marks)})
+    async with running(Worker(fast, build_registry(fast), concurrency=1)) as worker:
+        await wait_until(all_in(store, [task_id], "processing"))
+        await wait_until(lambda: _has_files(marks), what="handler started")
+        row = await store.cancel_task(task_id, user_id, actor="test")
+        assert row is not None
+        assert row["status"] == "cancelled"
+
+        async def handler_stopped() -> bool:
+            return any("cancelled" in p.read_text() for p in marks.iterdir())
+
+        await wait_until(handler_stopped, timeout=5, what="handler cancelled")
+        await wait_until(lambda: _empty(worker), timeout=5, what="slot freed")
+        # The freed slot takes new work.
+        follow_up = await create(queue, user_id, "test_noop", {})
+        await wait_until(all_in(store, [follow_up], "done"))
+    assert await status_of(store, task_id) == "cancelled"
+    assert (await events_of(store, task_id))[-1] == "cancelled"
+
+
+async def _has_files(path: Path) -> bool:
+    return any(path.iterdir())
+
+
+async def _empty(worker: Worker) -> bool:
+    return not worker.running
+
+
+# ----- the scheduler
+
+
+async def test_postponed_tasks_run_when_due(
+    store: Store, fast: Settings, publisher: Broker, user_id: int
+) -> None:
+    from datetime import UTC, datetime
+
+    queue = enqueuer(store, fast, publisher)
+    run_at = datetime.now(UTC) + timedelta(milliseconds=700)
+    task_id = await create(queue, user_id, "test_noop", {}, run_at=run_at)
+    assert await status_of(store, task_id) == "postponed"
+    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+        await wait_until(all_in(store, [task_id], "done"))
+    started = await store.pool.fetchval("SELECT started_at FROM tasks WHERE id = $1", task_id)
+    assert started >= run_at
+    assert await events_of(store, task_id) == ["created", "due", "claimed", "completed"]
+
+
+async def test_two_schedulers_promote_each_row_once(
+    store: Store, fast: Settings, publisher: Broker, user_id: int
+) -> None:
+    await store.pool.execute(
+        """
+        INSERT INTO tasks (id, user_id, type, payload, status, run_at)
+        SELECT gen_random_uuid(), $1, 'test_noop', '{}', 'postponed', now() - interval '1 s'
+        FROM generate_series(1, 500)
+        """,
+        user_id,
+    )
+    schedulers = [Scheduler(fast), Scheduler(fast)]
+    for scheduler in schedulers:
+        scheduler.batch = 37
+        scheduler.store = store
+        scheduler.broker = publisher
+    reports = await asyncio.gather(*(s.tick() for s in schedulers))
+    assert sum(r.promoted for r in reports) == 500
+    due = await store.pool.fetchval("SELECT count(*) FROM task_history WHERE event = 'due'")
+    assert due == 500
+    assert await publisher.queue_depth() == 500
+
+
+async def test_queued_rows_nobody_published_are_republished(
+    store: Store, fast: Settings, publisher: Broker, user_id: int
+) -> None:
+    # As if the API died between its commit and its publish.
+    ids = await bulk_queued(store, user_id, 5)
+    await store.pool.execute("UPDATE tasks SET updated_at = now() - interval '1 minute'")
+    async with running(Scheduler(fast)):
+
+        async def published() -> bool:
+            return await publisher.queue_depth() == 5
+
+        await wait_until(published, what="republished")
+        await asyncio.sleep(0.5)
+        assert await publisher.queue_depth() == 5  # once, not every tick
+    async with running(Worker(fast, build_registry(fast))):
+        await wait_until(all_in(store, ids, "done"))
+
+
+# ----- without a broker
+
+
+async def test_no_broker_workers_wake_on_notify(
+    store: Store, no_broker: Settings, user_id: int
+) -> None:
+    queue = enqueuer(store, no_broker, None)
+    async with running(Worker(no_broker, build_registry(no_broker), concurrency=3)) as worker:
+        assert worker.broker is None
+        ids = [await create(queue, user_id, "test_noop", {"n": i}) for i in range(30)]
+        await wait_until(all_in(store, ids, "done"))
+
+
+async def test_burst_worker_claims_by_priority_and_exits_when_idle(
+    store: Store, no_broker: Settings, user_id: int
+) -> None:
+    rows = await store.insert_tasks(
+        user_id,
+        [NewTask(new_task_id(), "test_noop", {"n": p}, p, 3, None) for p in (0, 50, -20, 100)],
+    )
+    worker = Worker(no_broker, build_registry(no_broker), concurrency=1, burst=True)
+    await asyncio.wait_for(worker.run(asyncio.Event()), 15)
+    order = await store.pool.fetch(
+        "SELECT payload->>'n' AS n FROM tasks WHERE id = ANY($1) ORDER BY started_at",
+        [row["id"] for row in rows],
+    )
+    assert [int(row["n"]) for row in order] == [100, 50, 0, -20]
+
+
+# ----- the hot-path queries use their indexes
+
+
+async def test_claim_and_promotion_use_their_indexes_with_100k_finished_rows(
+    store: Store, user_id: int
+) -> None:
+    await store.pool.execute(
+        """
+        INSERT INTO tasks (id, user_id, type, payload, status, attempts, finished_at, run_at)
+        SELECT gen_random_uuid(), $1, 'test_noop', '{}', 'done', 1, now(), now()
+        FROM generate_series(1, 100000)
+        """,
+        user_id,
+    )
+    await bulk_queued(store, user_id, 50)
+    await store.pool.execute(
+        """
+        INSERT INTO tasks (id, user_id, type, payload, status, run_at)
+        SELECT gen_random_uuid(), $1, 'test_noop', '{}', 'postponed', now() + interval '1 h'
+        FROM generate_series(1, 50)
+        """,
+        user_id,
+    )
+    await store.pool.execute("ANALYZE tasks")
+    plans = {
+        "claim next": ("tasks_queued_idx", CLAIM_NEXT_TASKS, [10, "w", 30.0]),
+        "claim ids": ("tasks_pkey", CLAIM_QUEUED_TASKS, [[uuid.uuid4()], "w", 30.0]),
+        "promote": ("tasks_due_idx", PROMOTE_DUE_TASKS, [100]),
+        "rescue": ("tasks_lease_idx", RESCUE_EXPIRED_LEASES, [100, 3]),
+    }
+    for name, (index, sql, args) in plans.items():
+        # Plain EXPLAIN plans without executing, so nothing is claimed.
+        plan = await store.pool.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+        assert index in str(plan), f"{name} does not use {index}: {plan}"
+        assert "tasks" not in _seq_scans(plan), f"{name} scans tasks sequentially: {plan}"
+
+
+def _seq_scans(plan: Any) -> str:
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("Node Type") == "Seq Scan":
+                found.append(f"'Relation Name': '{node.get('Relation Name')}'")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(plan)
+    return " ".join(found)
