@@ -19,7 +19,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from taskflow.waiting import wait_event
+from taskflow.waiting import wait_any, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,13 @@ class Broker:
         return await wait_event(self.connected, timeout)
 
     async def close(self) -> None:
+        """Stop the connection loop; it closes the connection on its way out."""
         self._stopping.set()
-        if self._connection is not None:
-            # Closing a broken connection: nothing is left to release.
-            with contextlib.suppress(*BROKER_ERRORS):
-                await asyncio.wait_for(self._connection.close(), 5)
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            finished, _ = await asyncio.wait({self._task}, timeout=10)
+            if not finished:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
 
     async def stop_consuming(self) -> None:
         """Stop taking new deliveries; unacked ones go back to the queue on close."""
@@ -98,12 +97,13 @@ class Broker:
     async def _run(self) -> None:
         delay = 0.2
         while not self._stopping.is_set():
+            established = False
             try:
                 await self._connect()
+                established = True
                 delay = 0.2
                 log.info("broker connected", extra={"event": "broker_connected"})
-                assert self._connection is not None
-                await self._connection.closed()
+                await wait_any(self.disconnected, self._stopping, timeout=None)
             except asyncio.CancelledError:
                 raise
             except BROKER_ERRORS as exc:
@@ -112,12 +112,14 @@ class Broker:
                         "broker unavailable", extra={"event": "broker_down", "error": str(exc)}
                     )
             finally:
-                was_connected = self.connected.is_set()
-                self.connected.clear()
-                self.disconnected.set()
+                self._on_connection_closed()
                 self._channel = self._queue = self._consume_channel = None
                 self._consumer_tag = None
-                if was_connected and not self._stopping.is_set():
+                connection, self._connection = self._connection, None
+                if connection is not None and not connection.is_closed:
+                    with contextlib.suppress(*BROKER_ERRORS):
+                        await asyncio.wait_for(connection.close(), 5)
+                if established and not self._stopping.is_set():
                     log.warning("broker connection lost", extra={"event": "broker_lost"})
             if self._stopping.is_set():
                 return
@@ -129,6 +131,9 @@ class Broker:
             self.url, timeout=5, client_properties={"connection_name": self.name}
         )
         self._connection = connection
+        # Mark the link down the moment it closes, so publishers fail fast and
+        # workers fall back to Postgres without waiting for the reconnect loop.
+        connection.close_callbacks.add(self._on_connection_closed)
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue(self.queue_name, durable=True)
         self._channel, self._queue = channel, queue
@@ -141,6 +146,10 @@ class Broker:
             self._consumer_tag = await consume_queue.consume(self._on_message)
         self.disconnected.clear()
         self.connected.set()
+
+    def _on_connection_closed(self, *_args: object) -> None:
+        self.connected.clear()
+        self.disconnected.set()
 
     # ----- publishing
 

@@ -24,7 +24,7 @@ from uuid import UUID
 
 from taskflow.broker import Broker
 from taskflow.config import Settings
-from taskflow.store import CONNECTION_ERRORS, Store
+from taskflow.store import DATABASE_ERRORS, Store
 from taskflow.waiting import wait_event
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,10 @@ class Scheduler:
             while not stop.is_set():
                 try:
                     await self.tick()
-                except CONNECTION_ERRORS as exc:
+                except DATABASE_ERRORS as exc:
                     log.warning("tick failed", extra={"event": "tick_failed", "error": str(exc)})
+                except Exception as exc:  # a scheduler that stops ticking strands every lease
+                    log.error("tick crashed", exc_info=exc, extra={"event": "tick_crashed"})
                 await wait_event(stop, interval)
         finally:
             if self.broker is not None:

@@ -54,6 +54,17 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # Raised when a connection broke in the middle of an operation and is reused.
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+# Everything the database can throw at a running process: worth logging and
+# retrying in a loop that must not die (a claim, a heartbeat, a tick).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
 )
 
 
@@ -743,7 +754,7 @@ class Listener:
                     await wait_any(stop, self.lost, timeout=5)
                     if not stop.is_set() and not self.lost.is_set():
                         await self._connection.execute("SELECT 1", timeout=5)
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning(
                     "listener connection lost",
                     extra={"event": "listener_lost", "error": str(exc)},
@@ -769,6 +780,7 @@ def is_connection_error(exc: BaseException) -> bool:
 
 __all__ = [
     "CONNECTION_ERRORS",
+    "DATABASE_ERRORS",
     "Listener",
     "NewTask",
     "Outcome",

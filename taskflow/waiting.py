@@ -23,8 +23,8 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     return True
 
 
-async def wait_any(*events: asyncio.Event, timeout: float) -> bool:
-    """Wait until any of ``events`` is set or ``timeout`` passes."""
+async def wait_any(*events: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until any of ``events`` is set or ``timeout`` passes (None: forever)."""
     if any(event.is_set() for event in events):
         return True
     waiters = [asyncio.ensure_future(event.wait()) for event in events]

@@ -38,13 +38,13 @@ from taskflow.errors import PermanentError, TransientError
 from taskflow.files import UserFiles
 from taskflow.handlers import Registry, TaskContext
 from taskflow.models import TaskStatus
-from taskflow.store import CONNECTION_ERRORS, Listener, Outcome, Record, Store
+from taskflow.store import DATABASE_ERRORS, Listener, Outcome, Record, Store
 from taskflow.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], Awaitable[None]]
-STORE_ERRORS = (*CONNECTION_ERRORS,)
+STORE_ERRORS = DATABASE_ERRORS
 
 
 def new_worker_id() -> str:
@@ -169,11 +169,11 @@ class Worker:
             name=f"taskflow-worker-listen {self.worker_id}",
         )
         background = [
-            asyncio.create_task(self._finisher.run(), name="finisher"),
-            asyncio.create_task(listener.run(self._stop), name="listener"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._claim_loop(), name="claim"),
-            asyncio.create_task(self._db_loop(), name="db-claim"),
+            asyncio.create_task(self._supervise("finisher", self._finisher.run)),
+            asyncio.create_task(self._supervise("listener", lambda: listener.run(self._stop))),
+            asyncio.create_task(self._supervise("heartbeat", self._heartbeat_loop)),
+            asyncio.create_task(self._supervise("claim", self._claim_loop)),
+            asyncio.create_task(self._supervise("db-claim", self._db_loop)),
         ]
         if self.use_broker:
             assert self.settings.amqp_url is not None
@@ -193,6 +193,23 @@ class Worker:
             stopper.cancel()
             idle.cancel()
             await self._shutdown(background)
+
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Keep a background loop alive: one unexpected error must not leave the
+        worker claiming nothing while it looks healthy."""
+        while not self._stop.is_set():
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error(
+                    "worker loop crashed; restarting it",
+                    exc_info=exc,
+                    extra={"event": "loop_crashed", "loop": name},
+                )
+                await wait_event(self._stop, 0.5)
 
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         """Soft stop, then hard stop: stop taking work, let running handlers
@@ -387,6 +404,8 @@ class Worker:
                 return
             running.recorded = True  # from here on, a heartbeat must not cancel us
             await self._record(outcome, extra)
+        except Exception as exc:  # our own bookkeeping failed; the lease rescues the task
+            log.error("recording failed", exc_info=exc, extra={**extra, "event": "record_crashed"})
         finally:
             self.running.pop(running.task_id, None)
             # A task handed back at shutdown keeps its message unacked, so

@@ -22,6 +22,7 @@ from taskflow.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from taskflow.store import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,18 @@ def install_error_handlers(app: Quart) -> None:
                 if key.lower() == "allow":
                     response.headers["Allow"] = value
         return response
+
+    async def _database_unreachable(error: Exception) -> Response:
+        log.warning(
+            "database unavailable",
+            extra={"event": "store_unavailable", "error": repr(error)},
+        )
+        response = json_response(error_body("the database is unavailable; try again"), 503)
+        response.headers["Retry-After"] = "1"
+        return response
+
+    for connection_error in CONNECTION_ERRORS:
+        app.register_error_handler(connection_error, _database_unreachable)
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
