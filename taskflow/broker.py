@@ -19,6 +19,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
+from taskflow.metrics import PUBLISH_FAILURES
 from taskflow.waiting import wait_any, wait_event
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ class Broker:
             return True
         channel = self._channel
         if channel is None or not self.connected.is_set():
+            PUBLISH_FAILURES.inc(len(ids))
             return False
         exchange = channel.default_exchange
         try:
@@ -184,6 +186,7 @@ class Broker:
                 "publish failed",
                 extra={"event": "publish_failed", "count": len(ids), "error": str(exc)},
             )
+            PUBLISH_FAILURES.inc(len(ids))
             return False
         return True
 

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from taskflow.broker import Broker
 from taskflow.errors import ValidationFailed
 from taskflow.handlers import Registry
+from taskflow.metrics import TASKS_CREATED
 from taskflow.models import TaskCreate, TaskStatus, describe_validation_error
 from taskflow.store import NewTask, Record, Store
 
@@ -166,6 +167,8 @@ class Enqueuer:
         row, created = await self.store.insert_task(
             user_id, task, idempotency_key=idempotency_key, request_hash=request_hash
         )
+        if created:
+            TASKS_CREATED.labels(task.type).inc()
         if created and row["status"] == TaskStatus.QUEUED:
             await self.publish([row["id"]])
         return row, created
@@ -174,6 +177,8 @@ class Enqueuer:
         """All or nothing: every item is validated before anything is written."""
         tasks = [self.validate(item, prefix=f"tasks[{i}]") for i, item in enumerate(requests)]
         rows = await self.store.insert_tasks(user_id, tasks)
+        for task in tasks:
+            TASKS_CREATED.labels(task.type).inc()
         await self.publish([row["id"] for row in rows if row["status"] == TaskStatus.QUEUED])
         return rows
 

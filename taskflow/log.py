@@ -73,15 +73,17 @@ class TextFormatter(logging.Formatter):
 
 
 _listener: logging.handlers.QueueListener | None = None
+_stream: logging.Handler | None = None
 
 
 def setup_logging(component: str, *, level: str = "INFO", log_format: str = "json") -> None:
     """Route every record through a queue to a thread that writes stderr, so a
     slow terminal or pipe never blocks the event loop."""
-    global _listener
+    global _listener, _stream
     if _listener is not None:
         _listener.stop()
     stream = logging.StreamHandler(sys.stderr)
+    _stream = stream
     stream.setFormatter(JsonFormatter(component) if log_format == "json" else TextFormatter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
@@ -99,3 +101,12 @@ def stop_logging() -> None:
     if _listener is not None:
         _listener.stop()
         _listener = None
+
+
+def write_directly() -> None:
+    """Drain the queue and write synchronously from now on: for the last lines
+    of a process whose server may re-raise a signal (uvicorn does) and exit
+    before ``atexit`` would run."""
+    stop_logging()
+    if _stream is not None:
+        logging.getLogger().handlers[:] = [_stream]

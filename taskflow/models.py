@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -204,21 +205,36 @@ class LoginRequest(RequestModel):
     password: Annotated[str, Field(max_length=1024)]
 
 
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})$"
+)
+
+
+def _rfc3339_text(value: Any) -> Any:
+    # pydantic would read 1700000000 or "1700000000" as a Unix time; a task's
+    # time is only ever given as an RFC 3339 string with its offset.
+    if isinstance(value, datetime):
+        return value
+    message = "must be an RFC 3339 time with a time zone, e.g. 2030-01-01T12:00:00Z"
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError(message)
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(message) from None
+
+
+RunAt = Annotated[datetime, BeforeValidator(_rfc3339_text)]
+
+
 class TaskCreate(RequestModel):
     type: Annotated[str, Field(min_length=1, max_length=64)]
     payload: dict[str, Any]
     max_retries: Annotated[int, Field(ge=0, le=MAX_RETRIES_LIMIT, strict=True)] = (
         DEFAULT_MAX_RETRIES
     )
-    run_at: datetime | None = None
+    run_at: RunAt | None = None
     priority: Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, strict=True)] = 0
-
-    @field_validator("run_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("run_at needs a time zone, e.g. 2030-01-01T12:00:00Z")
-        return value
 
 
 class TaskBatchCreate(RequestModel):
@@ -228,15 +244,8 @@ class TaskBatchCreate(RequestModel):
 class TaskPatch(RequestModel):
     payload: dict[str, Any] | None = None
     max_retries: Annotated[int, Field(ge=0, le=MAX_RETRIES_LIMIT, strict=True)] | None = None
-    run_at: datetime | None = None
+    run_at: RunAt | None = None
     priority: Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, strict=True)] | None = None
-
-    @field_validator("run_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("run_at needs a time zone, e.g. 2030-01-01T12:00:00Z")
-        return value
 
     @model_validator(mode="after")
     def _something(self) -> TaskPatch:

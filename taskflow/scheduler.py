@@ -24,6 +24,7 @@ from uuid import UUID
 
 from taskflow.broker import Broker
 from taskflow.config import Settings
+from taskflow.metrics import LEASES_RESCUED, TASKS_PROMOTED
 from taskflow.store import DATABASE_ERRORS, Store
 from taskflow.waiting import wait_event
 
@@ -106,6 +107,7 @@ class Scheduler:
             )
             report.rescued += len(rescued)
             for row in rescued:
+                LEASES_RESCUED.labels(row["status"]).inc()
                 log.warning(
                     "lease expired; worker lost",
                     extra={
@@ -120,6 +122,7 @@ class Scheduler:
         for _ in range(MAX_BATCHES_PER_TICK):
             promoted = await self.store.promote_due_tasks(self.batch)
             report.promoted += len(promoted)
+            TASKS_PROMOTED.inc(len(promoted))
             await self._publish(promoted, report)
             if len(promoted) < self.batch:
                 break

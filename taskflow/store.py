@@ -423,6 +423,21 @@ DELETE FROM task_history WHERE id IN (
 TRY_SCHEDULER_DUTY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 
 SELECT_READY = "SELECT 1"
+# Each arm is answered from its own partial index, so a scrape stays cheap with
+# millions of finished rows. Waiting statuses report their most overdue row.
+SELECT_QUEUE_DEPTH = """
+SELECT 'queued' AS status, count(*) AS tasks,
+       coalesce(extract(epoch FROM now() - min(run_at)), 0) AS oldest_seconds
+FROM tasks WHERE status = 'queued'
+UNION ALL
+SELECT status::text, count(*),
+       coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)
+FROM tasks WHERE status IN ('postponed', 'retrying') GROUP BY status
+UNION ALL
+SELECT 'processing', count(*),
+       coalesce(extract(epoch FROM now() - min(started_at)), 0)
+FROM tasks WHERE status = 'processing'
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +495,9 @@ class Store:
     async def ready(self) -> bool:
         await self.pool.fetchval(SELECT_READY, timeout=2)
         return True
+
+    async def select_queue_depth(self) -> list[Record]:
+        return await self.pool.fetch(SELECT_QUEUE_DEPTH, timeout=5)
 
     # ----- users
 

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +38,7 @@ from taskflow.config import Settings
 from taskflow.errors import PermanentError, TransientError
 from taskflow.files import UserFiles
 from taskflow.handlers import Registry, TaskContext
+from taskflow.metrics import HANDLER_SECONDS, START_LATENCY_SECONDS, TASKS_FINISHED
 from taskflow.models import TaskStatus
 from taskflow.store import DATABASE_ERRORS, Listener, Outcome, Record, Store
 from taskflow.waiting import wait_event
@@ -382,6 +384,8 @@ class Worker:
             ack=ack,
         )
         self.running[running.task_id] = running
+        waited = (datetime.now(UTC) - row["run_at"]).total_seconds()
+        START_LATENCY_SECONDS.labels(running.task_type).observe(max(waited, 0.0))
         running.job = asyncio.create_task(self._execute(row, running), name=f"task {row['id']}")
 
     async def _execute(self, row: Record, running: Running) -> None:
@@ -478,7 +482,10 @@ class Worker:
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                result = await task_type.handler(payload, context)
+                try:
+                    result = await task_type.handler(payload, context)
+                finally:
+                    HANDLER_SECONDS.labels(running.task_type).observe(time.perf_counter() - started)
         except TimeoutError as exc:
             if deadline.expired():
                 return failed(f"timed out after {timeout:g}s", permanent=False)
@@ -522,6 +529,7 @@ class Worker:
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2)
+        TASKS_FINISHED.labels(extra["task_type"], outcome.status).inc()
         if outcome.status == TaskStatus.DONE:
             self.completed += 1
         level = logging.INFO if outcome.status != TaskStatus.DONE else logging.DEBUG

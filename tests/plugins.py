@@ -31,7 +31,7 @@ class SleepPayload(Strict):
 
 class FailPayload(Strict):
     kind: str = Field(pattern="^(transient|permanent|error)$")
-    times: int = Field(ge=0, le=100, default=1000)  # fail this many attempts, then succeed
+    times: int = Field(ge=0, le=1000, default=1000)  # fail this many attempts, then succeed
     delay_seconds: float | None = None
 
 

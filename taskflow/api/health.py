@@ -8,6 +8,7 @@ from quart import Blueprint, Response
 
 from taskflow.api import state
 from taskflow.api.responses import json_response
+from taskflow.metrics import OLDEST_AGE_SECONDS, QUEUE_DEPTH, render
 from taskflow.store import CONNECTION_ERRORS
 
 blueprint = Blueprint("health", __name__)
@@ -16,6 +17,20 @@ blueprint = Blueprint("health", __name__)
 @blueprint.get("/healthz")
 async def healthz() -> Response:
     return json_response({"status": "ok"})
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    api = state()
+    if api.store is not None:
+        for status in ("queued", "postponed", "retrying", "processing"):
+            QUEUE_DEPTH.labels(status).set(0)
+            OLDEST_AGE_SECONDS.labels(status).set(0)
+        for row in await api.store.select_queue_depth():
+            QUEUE_DEPTH.labels(row["status"]).set(row["tasks"])
+            OLDEST_AGE_SECONDS.labels(row["status"]).set(float(row["oldest_seconds"]))
+    body, content_type = render()
+    return Response(body, content_type=content_type)
 
 
 @blueprint.get("/readyz")
