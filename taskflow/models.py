@@ -8,6 +8,7 @@ the database and this module agree.
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -88,12 +89,33 @@ TASK_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _FILE_NAME_PATTERN = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,255}$")
 
 
+# "invoice\u202egnp.exe" displays as "invoiceexe.png".
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _plain(name: str) -> bool:
+    return (
+        bool(_FILE_NAME_PATTERN.match(name)) and not name.startswith(".") and name == name.strip()
+    )
+
+
 def check_file_name(name: str) -> str:
-    if not _FILE_NAME_PATTERN.match(name) or name.startswith(".") or name != name.strip():
+    if not _plain(name):
         raise ValueError(
             "must be a plain file name: no path separators, no leading dot, "
             "no control characters, no surrounding spaces, at most 255 characters"
         )
+    # Fullwidth "\uff0e\uff0e\uff0fx" is a plain name, but NFKC (which browsers,
+    # archivers and other systems apply) turns it into "../x": a path in disguise.
+    normalised = unicodedata.normalize("NFKC", name)
+    if normalised != name and not _plain(normalised):
+        raise ValueError(f"becomes {normalised!r} under Unicode normalisation")
+    if not _BIDI_CONTROLS.isdisjoint(name):
+        raise ValueError("must not contain bidirectional control characters")
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise ValueError("longer than 255 bytes in UTF-8")
     return name
 
 

@@ -13,6 +13,8 @@ from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.enqueue import Enqueuer
 from taskflow.handlers import Registry
+from taskflow.log import write_directly
+from taskflow.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from taskflow.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def state() -> ApiState:
 
 
 def create_app(settings: Settings, registry: Registry) -> Quart:
-    from taskflow.api import health, openapi, tasks, users
+    from taskflow.api import files, health, openapi, tasks, users
     from taskflow.api.errors import install_error_handlers
 
     app = Quart("taskflow")
@@ -69,6 +71,7 @@ def create_app(settings: Settings, registry: Registry) -> Quart:
         if api_state.broker is not None:
             await api_state.broker.close()
         await api_state.store.close()
+        write_directly()
 
     @app.before_request
     async def _start_request() -> None:
@@ -80,6 +83,23 @@ def create_app(settings: Settings, registry: Registry) -> Quart:
 
     @app.after_request
     async def _finish_request(response: Response) -> Response:
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        # The route's pattern, not its path: ids must not explode the label set.
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        HTTP_SECONDS.labels(route, request.method).observe(seconds)
+        log.info(
+            "request",
+            extra={
+                "event": "http_request",
+                "request_id": g.get("request_id"),
+                "method": request.method,
+                "route": route,
+                "status": response.status_code,
+                "duration_ms": round(seconds * 1000, 2),
+                "user_id": g.get("user_id"),
+            },
+        )
         response.headers["X-Request-ID"] = g.get("request_id", "")
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -90,4 +110,5 @@ def create_app(settings: Settings, registry: Registry) -> Quart:
     app.register_blueprint(tasks.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(openapi.blueprint)
+    app.register_blueprint(files.blueprint)
     return app

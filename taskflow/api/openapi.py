@@ -127,6 +127,23 @@ def build_document(registry: Registry) -> dict[str, Any]:
     common = {"401": _error("missing, invalid or expired token")}
     not_found = {"400": _error("malformed id"), "404": _error("no such task (or not yours)")}
 
+    file_info = {"$ref": "#/components/schemas/FileInfo"}
+    schemas["FileInfo"] = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "size": {"type": "integer", "description": "bytes"},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    }
+    file_name_param = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "maxLength": 255},
+    }
+    file_not_found = {"400": _error("not a plain file name"), "404": _error("no such file")}
+
     def op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
         return {"summary": summary, "responses": responses, **extra}
 
@@ -309,6 +326,80 @@ def build_document(registry: Registry) -> dict[str, Any]:
                 security=secured,
             ),
         },
+        "/api/files": {
+            "post": op(
+                "Upload a file to your file area",
+                {
+                    "201": _json(file_info, "stored; Location is its download URL"),
+                    "400": _error("bad file name, malformed form or missing 'file' field"),
+                    "409": _error("the name is taken (see on_conflict)"),
+                    "413": _error("the file is larger than upload_max_bytes"),
+                    "415": _error("not multipart/form-data"),
+                    **common,
+                },
+                security=secured,
+                parameters=[
+                    {
+                        "name": "on_conflict",
+                        "in": "query",
+                        "description": "'error' (409 on a taken name) or 'rename' "
+                        "(store as name-2.ext, name-3.ext, ...)",
+                        "schema": {"enum": ["error", "rename"], "default": "error"},
+                    }
+                ],
+                requestBody={
+                    "required": True,
+                    "description": "The file streams to disk, so an optional 'name' field "
+                    "must come before the 'file' part, and nothing after it.",
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file"],
+                                "properties": {
+                                    "name": {
+                                        "type": "string",
+                                        "description": "stored name, instead of the "
+                                        "upload's filename; a plain file name",
+                                    },
+                                    "file": {"type": "string", "format": "binary"},
+                                },
+                            },
+                            "encoding": {"file": {"contentType": "application/octet-stream"}},
+                        }
+                    },
+                },
+            ),
+            "get": op(
+                "List your files, by name",
+                {"200": _json({"type": "array", "items": file_info}), **common},
+                security=secured,
+            ),
+        },
+        "/api/files/{name}": {
+            "parameters": [file_name_param],
+            "get": op(
+                "Download a file (always as an attachment)",
+                {
+                    "200": {
+                        "description": "the file's bytes",
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        },
+                    },
+                    **file_not_found,
+                    **common,
+                },
+                security=secured,
+            ),
+            "delete": op(
+                "Delete a file",
+                {"204": {"description": "deleted"}, **file_not_found, **common},
+                security=secured,
+            ),
+        },
         "/healthz": {"get": op("Liveness", {"200": _json({"type": "object"})})},
         "/readyz": {
             "get": op(
@@ -317,6 +408,17 @@ def build_document(registry: Registry) -> dict[str, Any]:
             )
         },
         "/api/openapi.json": {"get": op("This document", {"200": _json({"type": "object"})})},
+        "/metrics": {
+            "get": op(
+                "Prometheus metrics",
+                {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            )
+        },
     }
     return {
         "openapi": "3.1.0",
