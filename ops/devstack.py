@@ -14,6 +14,7 @@ import os
 import shlex
 import socket
 import sys
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,13 +48,17 @@ async def postgres_answers(dsn: str) -> bool:
 def tcp_answers(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 2):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
+        ):
             return True
     except OSError:
         return False
 
 
 def embedded_postgres() -> str:
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (as in CI); harmless here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     import pgserver  # only needed on machines without a Postgres
 
     STATE.mkdir(parents=True, exist_ok=True)
@@ -71,8 +76,10 @@ def main() -> None:
         say(f"Postgres: using {shown.hostname or 'socket'}:{shown.port or 5432}{shown.path}")
     else:
         dsn = embedded_postgres()
-        say(f"Postgres: none reachable at {shown.hostname}:{shown.port or 5432}; "
-            f"started an embedded one in {STATE / 'pg'}")
+        say(
+            f"Postgres: none reachable at {shown.hostname}:{shown.port or 5432}; "
+            f"started an embedded one in {STATE / 'pg'}"
+        )
     export("DATABASE_URL", dsn)
 
     amqp = settings.amqp_url.get_secret_value() if settings.amqp_url else None
@@ -83,8 +90,10 @@ def main() -> None:
         say(f"RabbitMQ: using {parts.hostname}:{parts.port or 5672}, queue {settings.amqp_queue!r}")
         export("AMQP_URL", candidate)
     else:
-        say("RabbitMQ: not reachable; running without the broker "
-            "(workers claim from Postgres, woken by LISTEN/NOTIFY)")
+        say(
+            "RabbitMQ: not reachable; running without the broker "
+            "(workers claim from Postgres, woken by LISTEN/NOTIFY)"
+        )
         export("AMQP_URL", "off")
 
 
