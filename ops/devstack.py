@@ -39,7 +39,7 @@ async def postgres_answers(dsn: str) -> bool:
         connection = await asyncpg.connect(dsn, timeout=3)
     except asyncpg.InvalidCatalogNameError:
         return True  # the server is there; `taskflow up` creates the database
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return False
     await connection.close()
     return True
