@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,13 @@ def _settings(args: argparse.Namespace, component: str) -> Settings:
         log_format=getattr(args, "log_format", None) or settings.log_format,
     )
     return settings
+
+
+def _serve_metrics(args: argparse.Namespace) -> None:
+    if getattr(args, "metrics_port", None):
+        from taskflow.metrics import serve
+
+        serve(args.metrics_port)
 
 
 # ----- commands
@@ -107,6 +115,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     settings = _settings(args, "scheduler")
     from taskflow.scheduler import Scheduler
 
+    _serve_metrics(args)
     _run(Scheduler(settings).run)
     return 0
 
@@ -116,6 +125,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from taskflow.handlers import build_registry
     from taskflow.worker import Worker
 
+    _serve_metrics(args)
     worker = Worker(
         settings,
         build_registry(settings),
@@ -125,6 +135,52 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     _run(worker.run)
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Queues, workers, stuck and failed tasks, throughput, and warnings."""
+    settings = _settings(args, "status")
+    from taskflow.status import show_status
+
+    print(
+        show_status(
+            settings,
+            as_json=args.json,
+            failures_shown=args.failures,
+            long_transaction_seconds=args.long_transaction_seconds,
+            worker_alive_seconds=args.worker_alive_seconds,
+        ),
+        end="",
+    )
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """``tasks show ID``: the task, its history, and why it is (not) running."""
+    settings = _settings(args, "tasks")
+    from taskflow.status import show_task
+
+    shown = show_task(settings, args.task_id, as_json=args.json)
+    if shown is None:
+        print(f"taskflow: no task {args.task_id}", file=sys.stderr)
+        return 1
+    print(shown, end="")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Start a private stack (database, queue, API, scheduler, workers) and measure it."""
+    settings = _settings(args, "bench")
+    from taskflow.bench.run import main as run_bench
+
+    return run_bench(settings, args)
+
+
+def _task_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a task id (a UUID): {text!r}") from None
 
 
 def _local_secret_key(state_dir: Path) -> str:
@@ -223,14 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8080)
     api.set_defaults(func=cmd_api)
 
-    sub.add_parser("scheduler", help="promote due tasks, rescue leases").set_defaults(
-        func=cmd_scheduler
-    )
+    scheduler = sub.add_parser("scheduler", help="promote due tasks, rescue leases")
+    scheduler.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    scheduler.set_defaults(func=cmd_scheduler)
 
     worker = sub.add_parser("worker", help="run tasks")
     worker.add_argument("--concurrency", type=int, default=None, help="default: NUMOFWORKERS")
     worker.add_argument("--burst", action="store_true", help="exit once no task is left to claim")
     worker.add_argument("--no-broker", action="store_true", help="claim from Postgres only")
+    worker.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser("migrate", help="apply db/migrations")
@@ -243,6 +300,59 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--worker-processes", type=int, default=1)
     up.add_argument("--concurrency", type=int, default=None)
     up.set_defaults(func=cmd_up)
+
+    status = sub.add_parser("status", help="queues, workers, stuck and failed tasks")
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status.add_argument(
+        "--failures", type=int, default=10, metavar="N", help="failures to list (default 10)"
+    )
+    status.add_argument(
+        "--long-transaction-seconds",
+        type=float,
+        default=300,
+        metavar="S",
+        help="warn about transactions open longer than this (default 300)",
+    )
+    status.add_argument(
+        "--worker-alive-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="a worker silent this long is dead (default: 3 x lease_seconds)",
+    )
+    status.set_defaults(func=cmd_status)
+
+    tasks = sub.add_parser("tasks", help="inspect one task")
+    tasks_sub = tasks.add_subparsers(dest="tasks_command", required=True)
+    show = tasks_sub.add_parser(
+        "show", parents=[common], help="a task, its history, and why it is not running"
+    )
+    show.add_argument("task_id", type=_task_id, metavar="ID")
+    show.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    show.set_defaults(func=cmd_tasks)
+
+    bench = sub.add_parser("bench", help="measure throughput and latency on a private stack")
+    bench.add_argument("--procs", type=int, default=None, help="worker processes (default 2)")
+    bench.add_argument("--slots", type=int, default=None, help="slots per worker (default 8)")
+    bench.add_argument("--drain", type=int, default=None, metavar="N", help="default 20000")
+    bench.add_argument(
+        "--backlog", type=int, default=None, metavar="N", help="default 1000000; 0 skips it"
+    )
+    bench.add_argument("--latency-samples", type=int, default=None, metavar="N", help="default 500")
+    bench.add_argument(
+        "--rest-requests", type=int, default=None, metavar="N", help="per concurrency (2000)"
+    )
+    bench.add_argument("--drain-timeout", type=float, default=None, metavar="S", help="600")
+    bench.add_argument("--skip-rest", action="store_true", help="skip the REST API phase")
+    bench.add_argument(
+        "--quick", action="store_true", help="smoke run: drain 2000, no backlog, small samples"
+    )
+    bench.add_argument(
+        "--pyspy", type=float, default=None, metavar="S", help="py-spy each worker S s per drain"
+    )
+    bench.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
+    bench.add_argument("--json", metavar="PATH", help="also write the numbers here")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -46,6 +46,8 @@ class Tunables(BaseModel):
     upload_max_bytes: Annotated[int, Field(ge=1)] = 25 * MIB
     request_max_bytes: Annotated[int, Field(ge=1024)] = 2 * MIB
     history_retention_days: Annotated[int, Field(ge=1, le=36500)] = 30
+    # Finished tasks stay visible to their owners this long, then go entirely.
+    task_retention_days: Annotated[int, Field(ge=1, le=36500)] = 90
     token_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
     republish_after_seconds: Annotated[float, Field(gt=0)] = 30
     scheduler_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000

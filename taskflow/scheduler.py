@@ -9,7 +9,9 @@ Each tick, in bounded batches:
 3. republish ``queued`` rows nobody claimed for ``republish_after_seconds``
    (a publish that failed, an API that died between commit and publish) —
    only while the broker's queue is empty, since otherwise the ids are there;
-4. prune history of finished tasks past ``history_retention_days``.
+4. prune history of finished tasks past ``history_retention_days``, and
+   finished tasks themselves (with the rest of their history) past
+   ``task_retention_days``.
 
 Steps 1 and 2 use SKIP LOCKED, so several schedulers share the work; steps 3 and
 4 run under a try-advisory-lock, so only one scheduler does them per tick.
@@ -25,6 +27,7 @@ from uuid import UUID
 from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.metrics import LEASES_RESCUED, TASKS_PROMOTED
+from taskflow.retention import prune_expired
 from taskflow.store import DATABASE_ERRORS, Store
 from taskflow.waiting import wait_event
 
@@ -157,3 +160,7 @@ class Scheduler:
             report.pruned += deleted
             if deleted < self.batch:
                 break
+        expired = await prune_expired(
+            self.store, self.settings.task_retention_days, batch_size=min(self.batch, 500)
+        )
+        report.pruned += expired.tasks

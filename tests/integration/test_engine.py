@@ -549,3 +549,33 @@ def _seq_scans(plan: Any) -> str:
 
     walk(plan)
     return " ".join(found)
+
+
+async def test_scheduler_prunes_old_history_and_old_finished_tasks(
+    store: Store, fast: Settings, user_id: int
+) -> None:
+    old, recent = await bulk_queued(store, user_id, 2)
+    await store.pool.execute(
+        """
+        UPDATE tasks SET status = 'cancelled', finished_at = now() WHERE id = ANY($1);
+        """,
+        [old, recent],
+    )
+    settings = fast.model_copy(update={"history_retention_days": 10, "task_retention_days": 60})
+    await store.pool.execute(
+        "UPDATE task_history SET at = now() - interval '20 days' WHERE task_id = $1", recent
+    )
+    await store.pool.execute(
+        "UPDATE tasks SET finished_at = now() - interval '61 days' WHERE id = $1", old
+    )
+    scheduler = Scheduler(settings)
+    scheduler.store = store
+    report = await scheduler.tick()  # the first tick prunes
+    assert report.pruned >= 3
+    assert await store.pool.fetchval("SELECT count(*) FROM tasks WHERE id = $1", old) == 0
+    assert (
+        await store.pool.fetchval("SELECT count(*) FROM task_history WHERE task_id = $1", old) == 0
+    )
+    # The recent task stays; only its history past retention went.
+    assert await status_of(store, recent) == "cancelled"
+    assert await events_of(store, recent) == []

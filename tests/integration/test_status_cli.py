@@ -1,0 +1,257 @@
+"""`taskflow status` and `taskflow tasks show`, run as subprocesses against the
+test database after the real engine made the data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskflow.config import Settings
+from taskflow.enqueue import new_task_id
+from taskflow.handlers import build_registry
+from taskflow.scheduler import Scheduler
+from taskflow.store import NewTask, Store, connect
+from taskflow.worker import Worker
+from tests.conftest import new_user, running, wait_until
+from tests.integration.ops_helpers import (
+    PYTHON,
+    all_in,
+    create,
+    expire_lease,
+    fast_settings,
+    subprocess_env,
+    write_config,
+)
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def fast(database: str, tmp_path: Path) -> Settings:
+    return fast_settings(database, tmp_path)
+
+
+@pytest.fixture
+async def user_id(store: Store) -> int:
+    return await new_user(store)
+
+
+@pytest.fixture
+def cli(database: str, tmp_path: Path) -> Any:
+    # lease_seconds 2: the CLI then calls a worker dead after 6 s of silence.
+    config = write_config(tmp_path, lease_seconds=2)
+    env = subprocess_env(database, config, tmp_path / "files")
+
+    async def run(*args: str, dsn: str | None = None) -> Run:
+        # Not subprocess.run: in-process workers must keep heartbeating meanwhile.
+        process = await asyncio.create_subprocess_exec(
+            PYTHON,
+            "-m",
+            "taskflow",
+            *args,
+            env={**env, "DATABASE_URL": dsn or database},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode is not None
+        return Run(process.returncode, stdout.decode(), stderr.decode())
+
+    return run
+
+
+def section(output: str, title: str) -> str:
+    """The lines of one section of `taskflow status`, up to the next blank line."""
+    match = re.search(rf"^{title}.*?(?=\n\n|\Z)", output, re.M | re.S)
+    assert match, f"no {title} section in:\n{output}"
+    return match.group(0)
+
+
+async def test_status_shows_queues_workers_failures_and_throughput(
+    store: Store, fast: Settings, user_id: int, cli: Any
+) -> None:
+    done = [await create(store, fast, user_id, "test_noop", {"n": i}) for i in range(3)]
+    failed = await create(store, fast, user_id, "test_fail", {"kind": "permanent"})
+    await create(
+        store, fast, user_id, "test_noop", {}, run_at=datetime.now(UTC) + timedelta(days=1)
+    )
+    worker = Worker(fast, build_registry(fast), concurrency=2)
+    async with running(Scheduler(fast)), running(worker):
+        await wait_until(all_in(store, done, "done"))
+        await wait_until(all_in(store, [failed], "failed"))
+        table = await cli("status")
+        as_json = await cli("status", "--json")
+
+    assert table.code == 0, table.stderr
+    out = table.stdout
+    assert out.startswith("TaskFlow status: database ")
+    queues = section(out, "QUEUES")
+    assert re.search(r"^STATUS\s+TYPE\s+TASKS\s+OLDEST$", queues, re.M)
+    assert re.search(r"^postponed\s+test_noop\s+1\s", queues, re.M)
+    assert re.search(r"^done\s+test_noop\s+3\s", queues, re.M)
+    assert re.search(r"^failed\s+test_fail\s+1\s", queues, re.M)
+    workers = section(out, "WORKERS")
+    assert workers.startswith("WORKERS: 1 alive (dead after 6s without a heartbeat)")
+    assert re.search(
+        rf"^{re.escape(worker.worker_id)}\s+\S+\s+\d+\s+alive\s+0\s+2\s", workers, re.M
+    )
+    assert "STUCK: 0 task(s) processing past their lease" in out
+    assert "DUE, UNCLAIMED: 0 task(s)" in out
+    failures = section(out, "FAILURES")
+    assert failures.startswith("FAILURES: 1 failed in the last 24h or retrying")
+    assert re.search(
+        rf"^{failed}\s+test_fail\s+failed\s+\S+Z\s+1/4\s+no\s+permanent failure on attempt 1$",
+        failures,
+        re.M,
+    )
+    throughput = section(out, "THROUGHPUT")
+    assert re.search(r"^last minute\s+3\s+1\s+0\s+0\.050$", throughput, re.M)
+    assert re.search(r"^last hour\s+3\s+1\s+0\s+0\.001$", throughput, re.M)
+    assert "WARNING" not in out
+
+    assert as_json.code == 0, as_json.stderr
+    report = as_json.json()
+    assert {(q["status"], q["type"]): q["tasks"] for q in report["queues"]} == {
+        ("postponed", "test_noop"): 1,
+        ("done", "test_noop"): 3,
+        ("failed", "test_fail"): 1,
+    }
+    assert all(isinstance(q["oldest_age"], float) for q in report["queues"])
+    [me] = [w for w in report["workers"] if w["id"] == worker.worker_id]
+    assert (me["state"], me["concurrency"], me["running_tasks"]) == ("alive", 2, 0)
+    assert report["worker_alive_seconds"] == 6.0
+    assert (report["stuck"], report["due_unclaimed"], report["failures_total"]) == (0, 0, 1)
+    assert report["failures"][0]["id"] == str(failed)
+    assert report["failures"][0]["last_error"] == "permanent failure on attempt 1"
+    assert report["failures"][0]["failed_at"].endswith("Z")
+    assert [(t["period"], t["completed"], t["failed"]) for t in report["throughput"]] == [
+        ("last minute", 3, 1),
+        ("last hour", 3, 1),
+    ]
+    assert report["warnings"] == []
+    assert report["long_transactions"] == []
+
+
+async def test_status_warns_about_a_long_transaction(database: str, cli: Any) -> None:
+    holder = await connect(database, application_name="forgotten-report")
+    try:
+        transaction = holder.transaction(isolation="repeatable_read")
+        await transaction.start()
+        await holder.fetchval("SELECT count(*) FROM tasks")
+        pid = holder.get_server_pid()
+        await asyncio.sleep(0.6)
+
+        warned = await cli("status", "--long-transaction-seconds", "0.5")
+        assert warned.code == 0, warned.stderr
+        [line] = [
+            line for line in warned.stdout.splitlines() if line.startswith("WARNING: transaction")
+        ]
+        assert f"(pid {pid}, user " in line
+        assert "application forgotten-report, idle in transaction) holds back vacuum" in line
+        assert f"SELECT pg_terminate_backend({pid});" in line
+
+        report = (await cli("status", "--json", "--long-transaction-seconds", "0.5")).json()
+        [open_transaction] = [t for t in report["long_transactions"] if t["pid"] == pid]
+        assert open_transaction["holds_snapshot"] is True
+        assert open_transaction["xact_age"] >= 0.5
+        assert any(f"pid {pid}" in warning for warning in report["warnings"])
+
+        # Under the threshold (the default is 5 minutes): no warning.
+        calm = await cli("status")
+        assert "WARNING" not in calm.stdout
+        await transaction.rollback()
+    finally:
+        await holder.close()
+    after = await cli("status", "--long-transaction-seconds", "0")
+    assert f"pid {pid}" not in after.stdout
+
+
+async def test_status_warns_about_stuck_tasks_and_no_live_worker(
+    store: Store, user_id: int, cli: Any
+) -> None:
+    rows = await store.insert_tasks(
+        user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 3, None) for _ in range(3)]
+    )
+    stuck = rows[0]["id"]
+    await store.claim_queued_tasks([stuck], "ghost-worker", 30)
+    await expire_lease(store, stuck)
+
+    result = await cli("status")
+    assert "STUCK: 1 task(s) processing past their lease" in result.stdout
+    assert "DUE, UNCLAIMED: 2 task(s)" in result.stdout
+    assert "WARNING: 1 task(s) processing past their lease" in result.stdout
+    assert "WARNING: 2 task(s) due but no live worker" in result.stdout
+    report = (await cli("status", "--json")).json()
+    assert (report["stuck"], report["due_unclaimed"]) == (1, 2)
+    assert len(report["warnings"]) == 2
+
+
+async def test_tasks_show_prints_the_task_its_history_and_why(
+    store: Store, fast: Settings, user_id: int, cli: Any
+) -> None:
+    task_id = await create(
+        store, fast, user_id, "test_fail", {"kind": "transient", "times": 1, "delay_seconds": 0}
+    )
+    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+        await wait_until(all_in(store, [task_id], "done"))
+
+    shown = await cli("tasks", "show", str(task_id))
+    assert shown.code == 0, shown.stderr
+    out = shown.stdout
+    assert out.startswith(f"TASK {task_id}\n")
+    assert re.search(r"^  status\s+done$", out, re.M)
+    assert re.search(r"^  attempts\s+2 of 4$", out, re.M)
+    assert re.search(r'^  result\s+\{"succeeded_on_attempt": 2\}$', out, re.M)
+    assert re.search(r"^WHY\n  done at \S+Z after 2 attempt\(s\): nothing left to run$", out, re.M)
+    history = section(out, "HISTORY").splitlines()[1:]  # below the title
+    assert re.match(r"AT\s+EVENT\s+FROM\s+TO\s+ATTEMPT\s+WORKER\s+ACTOR\s+ERROR", history[0])
+    assert [line.split()[1] for line in history[1:]] == [
+        "created",
+        "claimed",
+        "attempt_failed",
+        "due",
+        "claimed",
+        "completed",
+    ]
+    assert "transient failure on attempt 1" in history[3]
+
+    report = (await cli("tasks", "show", str(task_id), "--json")).json()
+    assert report["task"]["id"] == str(task_id)
+    assert (report["task"]["status"], report["task"]["attempts"]) == ("done", 2)
+    assert [h["event"] for h in report["history"]][-1] == "completed"
+    assert report["history"][2]["error"] == "transient failure on attempt 1"
+    assert report["why"].startswith("done at ")
+
+
+async def test_tasks_show_refuses_unknown_and_malformed_ids(cli: Any) -> None:
+    missing = uuid.uuid4()
+    unknown = await cli("tasks", "show", str(missing))
+    assert (unknown.code, unknown.stdout) == (1, "")
+    assert f"no task {missing}" in unknown.stderr
+    malformed = await cli("tasks", "show", "not-a-uuid")
+    assert malformed.code == 2
+    assert "not a task id" in malformed.stderr
+
+
+async def test_status_without_postgres_says_so(cli: Any) -> None:
+    result = await cli("status", dsn="postgresql://nobody@127.0.0.1:1/none")
+    assert result.code == 3
+    assert "cannot connect to Postgres" in result.stderr
