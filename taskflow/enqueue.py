@@ -183,6 +183,11 @@ class Enqueuer:
         return rows
 
     async def publish(self, task_ids: Sequence[UUID]) -> bool:
+        """Ring the broker after commit; if it does not answer, ring Postgres
+        so workers claiming from it wake up (the rows are safe either way)."""
         if self.broker is None or not task_ids:
             return True
-        return await self.broker.publish_ids(task_ids)
+        if await self.broker.publish_ids(task_ids):
+            return True
+        await self.store.notify_queued()
+        return False

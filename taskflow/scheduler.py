@@ -62,6 +62,7 @@ class Scheduler:
             max_size=3,
             application_name="taskflow-scheduler",
             actor="scheduler",
+            notify_queued=not self.settings.broker_enabled,
         )
         if self.settings.amqp_url is not None:
             self.broker = Broker(
@@ -95,10 +96,15 @@ class Scheduler:
             log.info("scheduler stopped", extra={"event": "scheduler_stopped"})
 
     async def _publish(self, task_ids: list[UUID], report: TickReport) -> None:
-        if self.broker is not None and task_ids and not await self.broker.publish_ids(task_ids):
-            # The rows are queued in Postgres; republish (or NOTIFY-driven
-            # workers) will pick them up.
+        # Without a broker the promotion itself sent NOTIFY (see the schema).
+        if not task_ids or self.broker is None:
+            return
+        if not await self.broker.publish_ids(task_ids):
+            # The rows are queued in Postgres all the same: wake the workers
+            # that claim from it; the republish pass retries the broker.
             report.publish_failed += len(task_ids)
+            assert self.store is not None
+            await self.store.notify_queued()
 
     async def tick(self) -> TickReport:
         assert self.store is not None

@@ -79,12 +79,17 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         )
 
 
-def _server_settings(application_name: str, actor: str | None) -> dict[str, str]:
-    # taskflow.actor is read by the history trigger: each process names itself
-    # once per connection instead of once per transaction.
+def _server_settings(
+    application_name: str, actor: str | None, notify_queued: bool = True
+) -> dict[str, str]:
+    # Read by the triggers, set once per connection instead of once per
+    # transaction: who makes the changes, and whether enqueues NOTIFY (see
+    # taskflow_notify_queued_enabled in the schema).
     settings = {"application_name": application_name[:63]}
     if actor:
         settings["taskflow.actor"] = actor
+    if not notify_queued:
+        settings["taskflow.notify_queued"] = "off"
     return settings
 
 
@@ -105,6 +110,7 @@ async def create_pool(
     max_size: int = 10,
     application_name: str = "taskflow",
     actor: str | None = None,
+    notify_queued: bool = True,
 ) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
@@ -112,7 +118,7 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
-            server_settings=_server_settings(application_name, actor),
+            server_settings=_server_settings(application_name, actor, notify_queued),
             timeout=10,
             command_timeout=60,
         )
@@ -423,6 +429,7 @@ DELETE FROM task_history WHERE id IN (
 TRY_SCHEDULER_DUTY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 
 SELECT_READY = "SELECT 1"
+NOTIFY_QUEUED = "SELECT pg_notify('taskflow_queued', '')"
 # Each arm is answered from its own partial index, so a scrape stays cheap with
 # millions of finished rows. Waiting statuses report their most overdue row.
 SELECT_QUEUE_DEPTH = """
@@ -478,7 +485,10 @@ class Store:
         max_size: int = 10,
         application_name: str = "taskflow",
         actor: str | None = None,
+        notify_queued: bool = True,
     ) -> Store:
+        """``notify_queued=False``: this process publishes ids to RabbitMQ, and
+        calls :meth:`notify_queued` itself when a publish fails."""
         return cls(
             await create_pool(
                 dsn,
@@ -486,6 +496,7 @@ class Store:
                 max_size=max_size,
                 application_name=application_name,
                 actor=actor or application_name,
+                notify_queued=notify_queued,
             )
         )
 
@@ -495,6 +506,10 @@ class Store:
     async def ready(self) -> bool:
         await self.pool.fetchval(SELECT_READY, timeout=2)
         return True
+
+    async def notify_queued(self) -> None:
+        """Wake the workers that claim from Postgres (the broker missed ids)."""
+        await self.pool.execute(NOTIFY_QUEUED)
 
     async def select_queue_depth(self) -> list[Record]:
         return await self.pool.fetch(SELECT_QUEUE_DEPTH, timeout=5)

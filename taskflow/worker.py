@@ -8,11 +8,13 @@ The flow for one task:
    ``processing``, bumps ``attempts``, records this worker, a lease deadline and
    a fresh fencing token. Ids that arrive together are claimed in one statement.
    A duplicate or stale id claims nothing and its message is acked and dropped.
+   A message is acked once its claim has committed, never before: from then
+   on the lease, not the message, keeps the task safe. Ids are claimed only
+   into free slots, and the prefetch equals the slots, so a worker holds at
+   most one slot's worth of unclaimed ids per slot while its handlers run.
 3. The handler runs under its timeout; a heartbeat extends the lease.
 4. The outcome is written by an UPDATE fenced on the token, batched with other
-   outcomes that are ready at the same moment. Only then is the message acked,
-   so RabbitMQ's prefetch equals the worker's slots: it never holds more
-   messages than it can run.
+   outcomes that are ready at the same moment.
 """
 
 from __future__ import annotations
@@ -59,7 +61,6 @@ class Running:
     claim_token: int
     task_type: str
     attempt: int
-    ack: Ack | None
     job: asyncio.Task[None] | None = None
     stop_reason: str | None = None  # "cancelled", "lease_lost", "shutdown"
     recorded: bool = False  # the outcome is written; the lease no longer matters
@@ -83,6 +84,9 @@ class Batcher:
     async def run(self) -> None:
         while True:  # ends by cancellation, once the worker has nothing left to write
             await self.wake.wait()
+            # One turn of the loop lets handlers that finished in the same
+            # moment join this batch; it costs no wait when nothing else is ready.
+            await asyncio.sleep(0)
             self.wake.clear()
             batch, self.pending = self.pending, []
             if not batch:
@@ -127,6 +131,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._accepting = True
         self._claims_in_flight = 0
+        self._handlers_running = 0
         self._finisher = Batcher(self._flush_outcomes)
         self.completed = 0
 
@@ -134,7 +139,8 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
-        return self.concurrency - len(self.running) - self._claims_in_flight
+        # A slot is a running handler; writing its outcome does not hold one.
+        return self.concurrency - self._handlers_running - self._claims_in_flight
 
     def _broker_live(self) -> bool:
         return self.broker is not None and self.broker.connected.is_set()
@@ -245,6 +251,10 @@ class Worker:
                     "handed back unfinished tasks",
                     extra={"event": "handed_back", "count": len(handed)},
                 )
+                # Their messages were acked at claim: ring the broker again so
+                # another worker takes them now (the hand-back also NOTIFYs).
+                if self.broker is not None and handed:
+                    await self.broker.publish_ids(handed)
             except STORE_ERRORS as exc:
                 log.warning(
                     "hand back failed; leases will expire",
@@ -324,13 +334,11 @@ class Worker:
                 self._claim_wake.set()
                 continue
             for row in rows:
-                own_acks = acks.pop(row["id"])
-                self._start(row, own_acks[0])
-                for extra in own_acks[1:]:
-                    await extra()
-            # Stale or duplicate: the row was already claimed, finished or cancelled.
-            for stale_acks in acks.values():
-                for ack in stale_acks:
+                self._start(row)
+            # Claimed ones are safe in Postgres now; the others were stale or
+            # duplicates (already claimed, finished or cancelled): drop them.
+            for own_acks in acks.values():
+                for ack in own_acks:
                     await ack()
             if self._deliveries:
                 self._claim_wake.set()
@@ -366,7 +374,7 @@ class Worker:
             finally:
                 self._claims_in_flight -= limit
             for row in rows or []:
-                self._start(row, None)
+                self._start(row)
             if rows is not None and len(rows) == limit:
                 self._db_wake.set()  # there may be more right away
             elif self.burst and rows == [] and not self.running:
@@ -375,13 +383,12 @@ class Worker:
 
     # ----- running a task
 
-    def _start(self, row: Record, ack: Ack | None) -> None:
+    def _start(self, row: Record) -> None:
         running = Running(
             task_id=row["id"],
             claim_token=row["claim_token"],
             task_type=row["type"],
             attempt=row["attempts"],
-            ack=ack,
         )
         self.running[running.task_id] = running
         waited = (datetime.now(UTC) - row["run_at"]).total_seconds()
@@ -395,6 +402,8 @@ class Worker:
             "attempt": running.attempt,
             "worker_id": self.worker_id,
         }
+        self._handlers_running += 1
+        slot_held = True
         try:
             try:
                 outcome = await self._run_handler(row, running, extra)
@@ -407,15 +416,19 @@ class Worker:
                 )
                 return
             running.recorded = True  # from here on, a heartbeat must not cancel us
+            # The handler is done: its slot takes the next task while the
+            # outcome is written (the lease still covers this one until then).
+            self._handlers_running -= 1
+            slot_held = False
+            self._claim_wake.set()
+            self._db_wake.set()
             await self._record(outcome, extra)
         except Exception as exc:  # our own bookkeeping failed; the lease rescues the task
             log.error("recording failed", exc_info=exc, extra={**extra, "event": "record_crashed"})
         finally:
+            if slot_held:
+                self._handlers_running -= 1
             self.running.pop(running.task_id, None)
-            # A task handed back at shutdown keeps its message unacked, so
-            # RabbitMQ redelivers it once this worker's channel closes.
-            if running.ack is not None and running.stop_reason != "shutdown":
-                await running.ack()
             self._claim_wake.set()
             self._db_wake.set()
 

@@ -146,13 +146,23 @@ CREATE FUNCTION taskflow_actor() RETURNS text LANGUAGE sql STABLE AS $$
     SELECT coalesce(nullif(current_setting('taskflow.actor', true), ''), 'sql:' || current_user)
 $$;
 
+-- NOTIFY taskflow_queued wakes workers that claim from Postgres. A process
+-- that hands ids to RabbitMQ turns it off for its connections
+-- (taskflow.notify_queued = off) and notifies by itself only when a publish
+-- fails: a NOTIFY makes its transaction take a database-wide lock through
+-- commit, which would serialise every enqueue behind one WAL flush at a time.
+CREATE FUNCTION taskflow_notify_queued_enabled() RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('taskflow.notify_queued', true), ''), 'on') <> 'off'
+$$;
+
 CREATE FUNCTION taskflow_tasks_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO task_history (task_id, at, event, from_status, to_status, attempt, actor)
     SELECT n.id, n.created_at, 'created', NULL, n.status, n.attempts, taskflow_actor()
     FROM new_rows n;
-    IF EXISTS (SELECT 1 FROM new_rows WHERE status = 'queued') THEN
+    IF taskflow_notify_queued_enabled()
+       AND EXISTS (SELECT 1 FROM new_rows WHERE status = 'queued') THEN
         PERFORM pg_notify('taskflow_queued', '');
     END IF;
     RETURN NULL;
@@ -188,8 +198,9 @@ BEGIN
     FROM old_rows o JOIN new_rows n USING (id)
     WHERE o.status <> n.status;
 
-    IF EXISTS (SELECT 1 FROM old_rows o JOIN new_rows n USING (id)
-               WHERE n.status = 'queued' AND o.status <> 'queued') THEN
+    IF taskflow_notify_queued_enabled()
+       AND EXISTS (SELECT 1 FROM old_rows o JOIN new_rows n USING (id)
+                   WHERE n.status = 'queued' AND o.status <> 'queued') THEN
         PERFORM pg_notify('taskflow_queued', '');
     END IF;
     -- The worker running a task it was told to stop hears about it here.

@@ -54,6 +54,7 @@ def create_app(settings: Settings, registry: Registry) -> Quart:
             max_size=20,
             application_name="taskflow-api",
             actor="api",
+            notify_queued=not settings.broker_enabled,
         )
         if settings.amqp_url is not None:
             api_state.broker = Broker(

@@ -29,6 +29,7 @@ from taskflow.store import (
     NewTask,
     Outcome,
     Store,
+    connect,
 )
 from taskflow.worker import Worker
 from tests.conftest import AMQP_URL, make_settings, new_user, running, wait_until
@@ -579,3 +580,36 @@ async def test_scheduler_prunes_old_history_and_old_finished_tasks(
     # The recent task stays; only its history past retention went.
     assert await status_of(store, recent) == "cancelled"
     assert await events_of(store, recent) == []
+
+
+async def test_publishers_notify_postgres_only_when_the_broker_misses(
+    database: str, fast: Settings, user_id: int
+) -> None:
+    heard: list[str] = []
+    listener = await connect(database)
+    await listener.add_listener("taskflow_queued", lambda *args: heard.append(args[2]))
+    quiet = await Store.open(database, notify_queued=False)
+    registry = build_registry(fast)
+    try:
+        # With a live broker the insert itself stays silent: no database-wide
+        # notify lock on the enqueue path.
+        up = Broker(AMQP_URL, fast.amqp_queue)
+        up.start()
+        assert await up.wait_connected(5)
+        try:
+            await create(Enqueuer(quiet, registry, up), user_id, "test_noop", {})
+        finally:
+            await up.close()
+        await asyncio.sleep(0.3)
+        assert heard == []
+        # A broker that cannot be reached: the enqueuer rings Postgres instead.
+        down = Broker("amqp://guest:guest@127.0.0.1:1/", fast.amqp_queue)
+        await create(Enqueuer(quiet, registry, down), user_id, "test_noop", {})
+
+        async def rang() -> bool:
+            return heard == ["taskflow_queued"]
+
+        await wait_until(rang, timeout=5, what="a NOTIFY after the failed publish")
+    finally:
+        await quiet.close()
+        await listener.close()
