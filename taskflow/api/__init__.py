@@ -36,7 +36,7 @@ def state() -> ApiState:
 
 
 def create_app(settings: Settings, registry: Registry) -> Quart:
-    from taskflow.api import files, health, openapi, tasks, users
+    from taskflow.api import dashboard, events, files, health, openapi, tasks, users
     from taskflow.api.errors import install_error_handlers
 
     app = Quart("taskflow")
@@ -112,4 +112,6 @@ def create_app(settings: Settings, registry: Registry) -> Quart:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(files.blueprint)
+    app.register_blueprint(events.blueprint)
+    app.register_blueprint(dashboard.blueprint)
     return app

@@ -419,6 +419,135 @@ def build_document(registry: Registry) -> dict[str, Any]:
                 },
             )
         },
+        # ----- live events and the dashboard (taskflow/api/events.py, dashboard.py)
+        "/api/events": {
+            "get": op(
+                "Live status changes of all your tasks (Server-Sent Events)",
+                {
+                    "200": {
+                        "description": "An endless text/event-stream: `event: task` per change "
+                        "(its `id:` is the task_history id), `event: ready` once live, "
+                        "`event: resync` when too much was missed (reload, then carry on), "
+                        "and `: ping` comments every 15 s. Delivery is at least once: drop ids "
+                        "already seen.",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                # OpenAPI 3.1 cannot describe the events (3.2 adds
+                                # itemSchema): the data of an `event: task`.
+                                "x-event-data": {
+                                    "type": "object",
+                                    "properties": {
+                                        "id": {"type": "integer"},
+                                        "task_id": {"type": "string", "format": "uuid"},
+                                        "from_status": {"type": ["string", "null"]},
+                                        "status": {"$ref": "#/components/schemas/TaskStatus"},
+                                        "event": {"type": "string"},
+                                        "attempt": {"type": "integer"},
+                                        "at": {"type": "string", "format": "date-time"},
+                                    },
+                                },
+                            }
+                        },
+                    },
+                    "400": _error("malformed Last-Event-ID"),
+                    "429": _error("too many open event streams for this user"),
+                    **common,
+                },
+                security=secured,
+                parameters=[
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "description": "resume after this event id (sent by EventSource "
+                        "when it reconnects)",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    },
+                    {
+                        "name": "last_event_id",
+                        "in": "query",
+                        "description": "as Last-Event-ID, for a first EventSource connection; "
+                        "the header wins",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                    {
+                        "name": "access_token",
+                        "in": "query",
+                        "description": "the token, for EventSource, which cannot send "
+                        "headers; only on the two event routes. A URL is logged in more "
+                        "places than a header: send the header when you can.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+            )
+        },
+        "/api/tasks/{task_id}/events": {
+            "parameters": [task_id_param],
+            "get": op(
+                "Live status changes of one task (Server-Sent Events)",
+                {
+                    "200": {
+                        "description": "As GET /api/events, for this task only.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "400": _error("malformed id or Last-Event-ID"),
+                    "404": _error("no such task (or not yours)"),
+                    "429": _error("too many open event streams for this user"),
+                    **common,
+                },
+                security=secured,
+                parameters=[
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                    {"name": "last_event_id", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "access_token", "in": "query", "schema": {"type": "string"}},
+                ],
+            ),
+        },
+        "/api/admin/overview": {
+            "get": op(
+                "Operator overview: queue depth, throughput, workers, stuck and failed tasks",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "generated_at": {"type": "string", "format": "date-time"},
+                                "queue": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "integer"},
+                                    "description": "tasks per status",
+                                },
+                                "throughput": {
+                                    "type": "object",
+                                    "description": "attempts ended per minute, last hour",
+                                },
+                                "workers": {"type": "object"},
+                                "stuck": {"type": "object"},
+                                "recent_failures": {"type": "object"},
+                            },
+                        }
+                    ),
+                    "403": _error("not an admin (users.is_admin)"),
+                    **common,
+                },
+                security=secured,
+            )
+        },
+        "/": {
+            "get": op(
+                "The web dashboard",
+                {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            )
+        },
+        "/dashboard/{name}": {
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": op(
+                "The dashboard's scripts, stylesheet and icon",
+                {"200": {"description": "a static file"}, "404": _error("no such file")},
+            ),
+        },
     }
     return {
         "openapi": "3.1.0",

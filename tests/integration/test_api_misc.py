@@ -131,7 +131,6 @@ async def _check_openapi_document(app: Quart, client: Client, registry: Registry
 async def test_unknown_routes_are_404_json(client: Client, store: Store) -> None:
     headers = await token_for(store)
     for url in (
-        "/",
         "/api",
         "/api/",
         "/api/task",

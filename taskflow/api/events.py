@@ -1,0 +1,574 @@
+"""GET /api/events and GET /api/tasks/<id>/events: live status changes as
+Server-Sent Events.
+
+How it fits together:
+
+* Postgres sends each new task_history row of a watched user (next point) on
+  channel ``taskflow_events`` (``db/migrations/0003_task_events.sql``).
+  Each API process holds ONE
+  listening connection (:class:`taskflow.store.Listener`), started and stopped
+  with the app, and an :class:`EventHub` that hands each row to the open
+  streams of the task's owner: no query per event, however many clients watch.
+* Postgres notifies only for users with a stream open somewhere (table
+  ``task_event_watchers``): NOTIFY makes commits wait for each other, so the
+  queue's hot path should pay for it only while somebody watches. A stream
+  marks its user when it opens; the hub renews the marks of its users every
+  ``WATCH_REFRESH_SECONDS``, and a mark lapses ``WATCH_SECONDS`` after the
+  last renewal.
+* Each stream has its own bounded queue, and the hub never waits on one. When
+  a client reads too slowly and its queue fills, the hub empties that queue
+  and marks the stream *behind*; the stream then catches up from task_history
+  (the event log) in its own time or, when it is more than ``REPLAY_LIMIT``
+  events behind, sends a ``resync`` event: "reload from the REST API". The
+  same catch-up runs for every stream once a lost listening connection is back
+  (what was sent while it was gone is lost to LISTEN, not to history).
+* An event's SSE id is its task_history id. A client that reconnects with
+  ``Last-Event-ID`` (or ``?last_event_id=``, for a first EventSource
+  connection, which cannot set headers) is sent what it missed, from history.
+  Delivery is at least once: ids arrive in commit order, which is not always
+  ascending, and a resume overlaps the few seconds before its cursor
+  (``taskflow.store.SELECT_OWN_EVENTS_SINCE`` says why). A client drops the
+  ids it has already seen.
+
+On the wire::
+
+    retry: 3000
+
+    id: 8123
+    event: ready
+    data: {"last_event_id":8123}
+
+    id: 8124
+    event: task
+    data: {"id":8124,"task_id":"…","from_status":"queued","status":"processing",
+           "event":"claimed","attempt":1,"at":"2030-01-01T12:00:00.123456Z"}
+
+    : ping
+
+    id: 9000
+    event: resync
+    data: {"reason":"…","last_event_id":9000}
+
+``ready`` comes once, after any replay: from then on, every change arrives.
+``: ping`` comes every ``HEARTBEAT_SECONDS`` of silence, so proxies and load
+balancers keep the connection open and a dead client is noticed.
+
+Authentication is the API's Bearer token, in the Authorization header or, on
+these two routes only, as ``?access_token=``, because the browser's
+EventSource cannot send headers. The trade-off: a URL is kept in places a
+header is not (proxy and server access logs, browser history, crash reports),
+so a token there leaks more easily. TaskFlow's own request log records the
+route pattern, never the URL. Clients that can send headers should: the
+dashboard streams with ``fetch()`` and the header; curl and SDKs can too.
+
+Shutdown: an open stream never ends by itself, so uvicorn waits up to its
+graceful-shutdown timeout and then cancels it; a client reconnects to
+another process (or this one, restarted) with ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+from quart import Blueprint, Response, current_app, g, request
+
+from taskflow.api import state
+from taskflow.api.responses import dumps, json_response
+from taskflow.auth import token_from_header, verify_token
+from taskflow.errors import TaskNotFound, ValidationFailed
+from taskflow.store import DATABASE_ERRORS, Listener, LiveEventsStore, Record
+from taskflow.waiting import wait_any, wait_event
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("events", __name__)
+
+CHANNEL = "taskflow_events"
+HUB_EXTENSION = "taskflow_events"
+HEARTBEAT_SECONDS = 15.0
+# Events a stream may have waiting before it counts as slow. At ~250 bytes an
+# event, 256 of them is 64 KiB per client at worst.
+QUEUE_SIZE = 256
+# A stream further behind than this is told to reload instead of replaying.
+REPLAY_LIMIT = 500
+# Status changes commit within milliseconds of taking their history id; a
+# person in psql holding a transaction open longer is not covered on resume
+# (streams connected at the time get the change live all the same).
+REPLAY_OVERLAP_SECONDS = 5.0
+# A safety valve for one process's memory, not a quota: checked when a stream
+# opens, so concurrent openings may pass it by a few.
+MAX_STREAMS_PER_USER = 16
+RETRY_MILLISECONDS = 3000
+LISTENER_START_SECONDS = 5.0
+# The history trigger notifies only for watched users (0003 says why): a
+# stream marks its user watched when it opens, and each process renews its
+# users' marks well before they lapse. A mark outlives its last stream by up
+# to WATCH_SECONDS, during which that user's changes still notify.
+WATCH_SECONDS = 60.0
+WATCH_REFRESH_SECONDS = 20.0
+EXPIRED_WATCH_KEPT_SECONDS = 3600.0
+# A change whose trigger ran just before a new stream's mark committed was not
+# notified; one look at history this long after opening picks it up.
+SETTLE_SECONDS = 1.0
+# Events written to the client in one go when many are waiting.
+WRITE_BATCH = 64
+MAX_EVENT_ID = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One change of one task's status: a task_history row."""
+
+    id: int
+    task_id: str
+    from_status: str | None
+    status: str
+    event: str
+    attempt: int
+    at: datetime
+
+    @classmethod
+    def from_notification(cls, item: dict[str, Any]) -> TaskEvent:
+        return cls(
+            id=int(item["id"]),
+            task_id=str(item["task_id"]),
+            from_status=item["from_status"],
+            status=str(item["status"]),
+            event=str(item["event"]),
+            attempt=int(item["attempt"]),
+            # Postgres writes the session's offset; the API answers in UTC "Z".
+            at=datetime.fromisoformat(item["at"]),
+        )
+
+    @classmethod
+    def from_record(cls, row: Record) -> TaskEvent:
+        return cls(
+            id=row["id"],
+            task_id=str(row["task_id"]),
+            from_status=row["from_status"],
+            status=row["status"],
+            event=row["event"],
+            attempt=row["attempt"],
+            at=row["at"],
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task_id": self.task_id,
+            "from_status": self.from_status,
+            "status": self.status,
+            "event": self.event,
+            "attempt": self.attempt,
+            "at": self.at,
+        }
+
+
+class CatchUp:
+    """Queued instead of events the stream missed: read them from history."""
+
+
+CATCH_UP = CatchUp()
+
+
+class Subscription:
+    """One open stream: whose events it wants, and its bounded queue."""
+
+    def __init__(self, user_id: int, task_id: str | None, queue_size: int) -> None:
+        self.user_id = user_id
+        self.task_id = task_id
+        self.queue: asyncio.Queue[TaskEvent | CatchUp] = asyncio.Queue(queue_size)
+        self.behind = False
+        self.times_behind = 0
+
+    def offer(self, event: TaskEvent) -> None:
+        """Queue ``event`` if this stream wants it. Never waits."""
+        if self.task_id is not None and event.task_id != self.task_id:
+            return
+        if self.behind:
+            return  # the catch-up reads it from history
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.fall_behind()
+
+    def fall_behind(self) -> None:
+        """Drop what is queued and have the stream read history instead.
+
+        Everything dropped was committed before it was notified, so the
+        catch-up query, which starts later, sees all of it.
+        """
+        if self.behind:
+            return
+        self.behind = True
+        self.times_behind += 1
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(CATCH_UP)
+
+
+class EventHub:
+    """The one listening connection of this process, fanned out in memory."""
+
+    def __init__(self, *, queue_size: int | None = None) -> None:
+        self.queue_size = queue_size or QUEUE_SIZE
+        self._by_user: dict[int, set[Subscription]] = {}
+        self._stop = asyncio.Event()
+        self.listener: Listener | None = None
+        self._store: Callable[[], LiveEventsStore | None] = lambda: None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ----- subscriptions
+
+    def subscribe(self, user_id: int, task_id: str | None = None) -> Subscription:
+        subscription = Subscription(user_id, task_id, self.queue_size)
+        self._by_user.setdefault(user_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscriptions = self._by_user.get(subscription.user_id)
+        if subscriptions is not None:
+            subscriptions.discard(subscription)
+            if not subscriptions:
+                del self._by_user[subscription.user_id]
+
+    def streams_of(self, user_id: int) -> int:
+        return len(self._by_user.get(user_id, ()))
+
+    def stream_count(self) -> int:
+        return sum(len(subscriptions) for subscriptions in self._by_user.values())
+
+    # ----- notifications
+
+    def on_notify(self, channel: str, payload: str) -> None:
+        """The Listener's callback; runs on the event loop, so it must not wait."""
+        if channel == CHANNEL:
+            self.publish(payload)
+        elif channel == "reconnected":
+            self._spawn(self._catch_up_after_reconnect())
+
+    def publish(self, payload: str) -> None:
+        try:
+            items = orjson.loads(payload)
+            if not isinstance(items, list):
+                raise TypeError("not a JSON array")
+            for item in items:
+                subscriptions = self._by_user.get(item["user_id"])
+                if not subscriptions:
+                    continue  # nobody of this user is watching: skip the parsing
+                event = TaskEvent.from_notification(item)
+                # A copy: offer() never re-enters, but a stream may unsubscribe
+                # between two notifications of one batch.
+                for subscription in tuple(subscriptions):
+                    subscription.offer(event)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            # Only a person NOTIFYing this channel by hand can send this.
+            log.warning(
+                "malformed task event notification",
+                extra={"event": "task_event_malformed", "error": str(exc)},
+            )
+
+    def fall_behind_all(self) -> None:
+        for subscriptions in self._by_user.values():
+            for subscription in subscriptions:
+                subscription.fall_behind()
+
+    async def _catch_up_after_reconnect(self) -> None:
+        # The Listener reports "reconnected" before it listens again; a
+        # catch-up read before then could miss what commits in between.
+        listener = self.listener
+        if listener is None:
+            return
+        await wait_any(listener.connected, self._stop, timeout=None)
+        if listener.connected.is_set():
+            self.fall_behind_all()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ----- lifecycle
+
+    async def _keep_watching(self) -> None:
+        """Renew the watch of every user with a stream open here."""
+        while not await wait_event(self._stop, WATCH_REFRESH_SECONDS):
+            store = self._store()
+            if store is None:
+                continue
+            try:
+                if self._by_user:
+                    lapsed = await store.watch_users(list(self._by_user), WATCH_SECONDS)
+                    # Their watch had lapsed (a failed renewal, a row deleted
+                    # by hand): what changed meanwhile was not notified.
+                    for user_id in lapsed:
+                        for subscription in self._by_user.get(user_id, ()):
+                            subscription.fall_behind()
+                await store.delete_expired_watchers(EXPIRED_WATCH_KEPT_SECONDS)
+            except DATABASE_ERRORS as exc:
+                # The next round tries again, and catches up whoever lapsed.
+                log.warning(
+                    "cannot renew event watchers",
+                    extra={"event": "event_watch_failed", "error": str(exc)},
+                )
+
+    async def start(self, dsn: str, store: Callable[[], LiveEventsStore | None]) -> None:
+        """``store`` gives the app's store once its pool is open (None before)."""
+        self._store = store
+        self.listener = Listener(dsn, [CHANNEL], self.on_notify, name="taskflow-api-events")
+        self._spawn(self.listener.run(self._stop))
+        self._spawn(self._keep_watching())
+        # Streams opened before the first LISTEN would miss events; give it a
+        # moment (without Postgres the app's pool fails the start-up anyway).
+        await wait_any(self.listener.connected, timeout=LISTENER_START_SECONDS)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+
+
+def hub() -> EventHub:
+    event_hub: EventHub = current_app.extensions[HUB_EXTENSION]
+    return event_hub
+
+
+@blueprint.before_app_serving
+async def _start_hub() -> None:
+    api = state()
+    event_hub = EventHub()
+    current_app.extensions[HUB_EXTENSION] = event_hub
+
+    def store() -> LiveEventsStore | None:
+        return LiveEventsStore(api.store.pool) if api.store is not None else None
+
+    await event_hub.start(api.settings.database_url.get_secret_value(), store)
+
+
+@blueprint.after_app_serving
+async def _stop_hub() -> None:
+    event_hub: EventHub | None = current_app.extensions.pop(HUB_EXTENSION, None)
+    if event_hub is not None:
+        await event_hub.stop()
+
+
+# ----- one client's stream ---------------------------------------------------------
+
+
+def frame(name: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+    """One SSE message. JSON from orjson holds no line breaks, so data is one line."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: ".encode() + dumps(data) + b"\n\n"
+
+
+class EventStream:
+    """The body of one SSE response: replay, then live events and heartbeats."""
+
+    def __init__(
+        self,
+        event_hub: EventHub,
+        store: LiveEventsStore,
+        user_id: int,
+        task_id: UUID | None,
+        resume_from: int | None,
+    ) -> None:
+        self.hub = event_hub
+        self.store = store
+        self.user_id = user_id
+        self.task_id = task_id
+        self.resume_from = resume_from
+        self.cursor = 0
+        # Ids already written, so overlapping replays do not repeat them.
+        self._sent: set[int] = set()
+        self._sent_order: deque[int] = deque()
+
+    async def body(self) -> AsyncIterator[bytes]:
+        # Subscribing here, not in the view: only a started generator runs its
+        # finally, so only here is the unsubscribe guaranteed.
+        subscription = self.hub.subscribe(self.user_id, str(self.task_id) if self.task_id else None)
+        settle = asyncio.get_running_loop().call_later(SETTLE_SECONDS, subscription.fall_behind)
+        try:
+            yield f"retry: {RETRY_MILLISECONDS}\n\n".encode()
+            await self.store.watch_users([self.user_id], WATCH_SECONDS)
+            # After subscribing and watching: whatever commits from here on is
+            # notified and queued.
+            self.cursor = await self.store.select_history_watermark()
+            if self.resume_from is not None:
+                watermark, self.cursor = self.cursor, self.resume_from
+                replay = await self._catch_up()
+                self.cursor = max(self.cursor, watermark)
+                if replay:
+                    yield replay
+            yield frame("ready", {"last_event_id": self.cursor}, self.cursor)
+            while True:
+                items = await self._next(subscription)
+                if not items:
+                    yield b": ping\n\n"
+                    continue
+                if any(isinstance(item, CatchUp) for item in items):
+                    # Reset first: events notified during the query are queued
+                    # again (and skipped if the query also returned them).
+                    subscription.behind = False
+                    chunk = await self._catch_up()
+                else:
+                    chunk = b"".join(
+                        self._event_frame(item) for item in items if isinstance(item, TaskEvent)
+                    )
+                if chunk:
+                    yield chunk
+        except DATABASE_ERRORS as exc:
+            # End the stream; the client reconnects with Last-Event-ID.
+            log.warning(
+                "event stream ended: database unavailable",
+                extra={"event": "event_stream_failed", "error": str(exc)},
+            )
+        finally:
+            settle.cancel()
+            self.hub.unsubscribe(subscription)
+
+    async def _next(self, subscription: Subscription) -> list[TaskEvent | CatchUp]:
+        """What is waiting (at least one item), or [] after a heartbeat's silence."""
+        try:
+            async with asyncio.timeout(HEARTBEAT_SECONDS):
+                items = [await subscription.queue.get()]
+        except TimeoutError:
+            return []
+        while len(items) < WRITE_BATCH and not subscription.queue.empty():
+            items.append(subscription.queue.get_nowait())
+        return items
+
+    async def _catch_up(self) -> bytes:
+        """History after the cursor; a ``resync`` when that is too much."""
+        if self.task_id is None:
+            rows = await self.store.select_own_events_since(
+                self.user_id,
+                self.cursor,
+                overlap_seconds=REPLAY_OVERLAP_SECONDS,
+                limit=REPLAY_LIMIT + 1,
+            )
+        else:
+            rows = await self.store.select_own_task_events_since(
+                self.user_id,
+                self.task_id,
+                self.cursor,
+                overlap_seconds=REPLAY_OVERLAP_SECONDS,
+                limit=REPLAY_LIMIT + 1,
+            )
+        missed = [row for row in rows if row["id"] > self.cursor]
+        if len(missed) > REPLAY_LIMIT:
+            # Read before the client reloads: its reload then holds everything
+            # up to here, and the stream carries on from here.
+            self.cursor = max(self.cursor, await self.store.select_history_watermark())
+            reason = f"more than {REPLAY_LIMIT} changes were missed: reload, then carry on"
+            return frame("resync", {"reason": reason, "last_event_id": self.cursor}, self.cursor)
+        rows.sort(key=lambda row: row["id"])
+        return b"".join(self._event_frame(TaskEvent.from_record(row)) for row in rows)
+
+    def _event_frame(self, event: TaskEvent) -> bytes:
+        if event.id in self._sent:
+            return b""
+        self._remember(event.id)
+        self.cursor = max(self.cursor, event.id)
+        return frame("task", event.as_json(), event.id)
+
+    def _remember(self, event_id: int) -> None:
+        self._sent.add(event_id)
+        self._sent_order.append(event_id)
+        # Enough to cover one overlapping replay; older ids cannot come again
+        # within a connection.
+        while len(self._sent_order) > 2 * REPLAY_LIMIT + QUEUE_SIZE:
+            self._sent.discard(self._sent_order.popleft())
+
+
+# ----- routes -----------------------------------------------------------------------
+
+
+def _authenticate() -> int:
+    """The header's Bearer token, or ``?access_token=`` (see the module docstring)."""
+    header = request.headers.get("Authorization")
+    query_token = request.args.get("access_token")
+    if header is None and query_token:
+        scheme, _, rest = query_token.strip().partition(" ")
+        # The login's "token" field ("Bearer <jwt>") works as well as its access_token.
+        token = rest.strip() if scheme.lower() == "bearer" and rest else query_token.strip()
+    else:
+        token = token_from_header(header)
+    g.user_id = verify_token(token, state().secret)
+    user_id: int = g.user_id
+    return user_id
+
+
+def _resume_from() -> int | None:
+    """``Last-Event-ID`` (sent by EventSource when it reconnects) or, for the
+    first connection, ``?last_event_id=``. The header wins: a reconnecting
+    EventSource still has the original query in its URL."""
+    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    if raw is None or raw.strip() == "":
+        return None
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_EVENT_ID:
+        raise ValidationFailed(
+            "invalid Last-Event-ID",
+            details=[{"field": "Last-Event-ID", "message": "must be an event id (an integer)"}],
+        )
+    return int(raw)
+
+
+def _task_id(raw: str) -> UUID:
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise ValidationFailed(
+            "malformed task id", details=[{"field": "id", "message": "must be a UUID"}]
+        ) from None
+
+
+def _store() -> LiveEventsStore:
+    store = state().store
+    assert store is not None
+    return LiveEventsStore(store.pool)
+
+
+def _stream_response(user_id: int, task_id: UUID | None, resume_from: int | None) -> Response:
+    event_hub = hub()
+    if event_hub.streams_of(user_id) >= MAX_STREAMS_PER_USER:
+        return json_response(
+            {"error": f"too many open event streams (at most {MAX_STREAMS_PER_USER} per user)"},
+            429,
+            {"Retry-After": "5"},
+        )
+    stream = EventStream(event_hub, _store(), user_id, task_id, resume_from)
+    response = Response(
+        stream.body(),
+        status=200,
+        content_type="text/event-stream; charset=utf-8",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+    # Quart would cut the body off after RESPONSE_TIMEOUT; a stream is open-ended.
+    response.timeout = None
+    return response
+
+
+@blueprint.get("/api/events")
+async def user_events() -> Response:
+    user_id = _authenticate()
+    return _stream_response(user_id, None, _resume_from())
+
+
+@blueprint.get("/api/tasks/<raw_id>/events")
+async def task_events(raw_id: str) -> Response:
+    user_id = _authenticate()
+    task_id = _task_id(raw_id)
+    resume_from = _resume_from()
+    # Another user's task is indistinguishable from a missing one.
+    if await _store().select_own_task(task_id, user_id) is None:
+        raise TaskNotFound()
+    return _stream_response(user_id, task_id, resume_from)
