@@ -93,6 +93,13 @@ def _server_settings(
     return settings
 
 
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (RESET ALL, UNLISTEN *, ...):
+    TaskFlow never leaves session state on a pooled connection (its
+    set_config calls are transaction-local; LISTEN uses its own connection),
+    and the reset would cost a round trip on every query."""
+
+
 async def connect(
     dsn: str, *, application_name: str = "taskflow", actor: str | None = None
 ) -> asyncpg.Connection:
@@ -118,6 +125,7 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            reset=_keep_session,
             server_settings=_server_settings(application_name, actor, notify_queued),
             timeout=10,
             command_timeout=60,
