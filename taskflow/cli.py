@@ -335,21 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--procs", type=int, default=None, help="worker processes (default 2)")
     bench.add_argument("--slots", type=int, default=None, help="slots per worker (default 8)")
     bench.add_argument("--drain", type=int, default=None, metavar="N", help="default 20000")
-    bench.add_argument(
-        "--backlog", type=int, default=None, metavar="N", help="default 1000000; 0 skips it"
-    )
+    bench.add_argument("--backlog", type=int, default=None, metavar="N", help="1000000; 0 skips")
     bench.add_argument("--latency-samples", type=int, default=None, metavar="N", help="default 500")
-    bench.add_argument(
-        "--rest-requests", type=int, default=None, metavar="N", help="per concurrency (2000)"
-    )
-    bench.add_argument("--drain-timeout", type=float, default=None, metavar="S", help="600")
+    bench.add_argument("--rest-requests", type=int, default=None, metavar="N", help="default 2000")
+    bench.add_argument("--drain-timeout", type=float, default=None, metavar="S", help="default 600")
     bench.add_argument("--skip-rest", action="store_true", help="skip the REST API phase")
-    bench.add_argument(
-        "--quick", action="store_true", help="smoke run: drain 2000, no backlog, small samples"
-    )
-    bench.add_argument(
-        "--pyspy", type=float, default=None, metavar="S", help="py-spy each worker S s per drain"
-    )
+    bench.add_argument("--quick", action="store_true", help="smoke run: small sizes, no backlog")
+    bench.add_argument("--pyspy", type=float, default=None, metavar="S", help="profile workers")
     bench.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     bench.add_argument("--json", metavar="PATH", help="also write the numbers here")
     bench.set_defaults(func=cmd_bench)

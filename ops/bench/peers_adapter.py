@@ -1,0 +1,146 @@
+"""TaskFlow as one more system in the shared harness (``../shared/bench/peers.py``).
+
+Run from the repository root, in the harness's own virtualenv (see
+``../shared/bench/README.md``) with TaskFlow installed into it too::
+
+    python3 -m venv /tmp/benchvenv
+    /tmp/benchvenv/bin/pip install pgqueuer procrastinate celery 'dramatiq[rabbitmq]' \\
+        asyncpg aio-pika 'psycopg[binary]' uvloop py-spy
+    /tmp/benchvenv/bin/pip install -e .          # TaskFlow's dependencies
+    /tmp/benchvenv/bin/python ../shared/bench/peers.py \\
+        --adapter ops.bench.peers_adapter:TaskFlowAdapter \\
+        --systems taskflow,pgqueuer,pgqueuer_b10,procrastinate,celery,dramatiq,aiopika_raw
+
+``--adapter`` takes a *module* path (``importlib.import_module``; the current
+directory is put on ``sys.path``), so it is ``ops.bench.peers_adapter``, not
+the file name. ``ops`` has no ``__init__.py``: it is found as a namespace package.
+
+What runs is TaskFlow's real code: the producer is ``Enqueuer`` (insert, then
+publish the ids with publisher confirms through ``Broker``); each worker process
+runs ``taskflow.worker.Worker`` with ``concurrency = --slots`` on uvloop, with a
+``bench_noop`` handler that calls the harness's ``Reporter.hit(seq)`` first thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+# The harness runs from its own directory and venv: make this checkout's
+# ``taskflow`` importable whatever is (or is not) installed there.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import peers  # noqa: E402 - the harness re-imports itself under this name
+
+QUEUE = "bench_taskflow"
+TASK_TYPE = "bench_noop"
+
+
+def _settings(database: str) -> Any:
+    from taskflow.config import load_settings
+
+    # Only what the harness dictates; tunables come from the repo's config.json.
+    return load_settings(
+        {
+            "DATABASE_URL": peers.pg_url_for(database),
+            "AMQP_URL": peers.AMQP_URL,
+            "AMQP_QUEUE": QUEUE,
+            "TASKFLOW_ENV_FILE": "/nonexistent/.env",
+            "TASKFLOW_LOG_LEVEL": "WARNING",
+        }
+    )
+
+
+def _registry(reporter: Any) -> Any:
+    """Only the bench type: its handler reports through the harness's Reporter."""
+    from taskflow.bench.plugin import BenchPayload
+    from taskflow.handlers import Registry, TaskContext, TaskType
+
+    async def bench_noop(payload: BenchPayload, ctx: TaskContext) -> None:
+        if reporter is not None:
+            reporter.hit(payload.seq)
+
+    registry = Registry()
+    registry.register(TaskType(TASK_TYPE, BenchPayload, bench_noop, timeout_seconds=30))
+    return registry
+
+
+class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
+    name = "taskflow"
+    pg_db = "bench_taskflow"
+
+    def describe(self) -> str:
+        return (
+            f"{self.h.procs} procs x taskflow.worker.Worker(concurrency={self.h.slots}), uvloop, "
+            "RabbitMQ ids (prefetch = slots), batched claim/finish; producer: Enqueuer "
+            "(INSERT ... unnest, then publish with confirms), create_many per chunk"
+        )
+
+    async def setup(self) -> None:
+        from taskflow.broker import Broker
+        from taskflow.enqueue import Enqueuer
+        from taskflow.store import Store, apply_migrations
+
+        await super().setup()  # drops and creates the database
+        peers.rmq_delete_queues([QUEUE])
+        settings = _settings(self.pg_db)
+        dsn = settings.database_url.get_secret_value()
+        await apply_migrations(dsn)
+        self.store = await Store.open(dsn, min_size=1, max_size=2, application_name="peers")
+        # A task belongs to a user; the harness is that user.
+        self.user_id = await self.store.insert_user("peers@example.com", "not-a-password-hash")
+        self.broker = Broker(settings.amqp_url.get_secret_value(), QUEUE, name="peers-producer")
+        self.broker.start()
+        if not await self.broker.wait_connected(10):
+            raise RuntimeError("RabbitMQ is unreachable")
+        self.enqueuer = Enqueuer(self.store, _registry(None), self.broker)
+
+    async def enqueue_bulk(self, seqs: list[int]) -> None:
+        from taskflow.models import TaskCreate
+
+        await self.enqueuer.create_many(
+            self.user_id, [TaskCreate(type=TASK_TYPE, payload={"seq": s}) for s in seqs]
+        )
+
+    async def enqueue_one(self, seq: int) -> None:
+        from taskflow.models import TaskCreate
+
+        await self.enqueuer.create(self.user_id, TaskCreate(type=TASK_TYPE, payload={"seq": seq}))
+
+    async def stop(self) -> None:
+        await self.stop_workers()
+        if getattr(self, "broker", None) is not None:
+            await self.broker.close()
+            self.broker = None
+        if getattr(self, "store", None) is not None:
+            await self.store.close()
+            self.store = None
+
+    async def teardown(self) -> None:
+        peers.rmq_delete_queues([QUEUE])
+
+    @classmethod
+    def worker_main(cls, rep: Any, slots: int) -> None:
+        import uvloop
+
+        from taskflow.worker import Worker
+
+        settings = _settings(cls.pg_db)
+        worker = Worker(settings, _registry(rep), concurrency=slots)
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await worker.run(stop)
+
+        # Everything is imported by now; Worker.run opens its pool and its
+        # consumer after GO, as PGQueuer's QueueManager.run does.
+        rep.ready_and_wait_go()
+        uvloop.run(main())

@@ -1,0 +1,108 @@
+"""`taskflow bench --quick` end to end: it runs, reports every number, and
+leaves nothing behind. Correctness only: no number is compared with a target
+(benchmark figures are never assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import pytest
+
+from tests.conftest import ADMIN_DSN, AMQP_URL, dsn_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+EXPECTED_METRICS = {
+    "enqueue_bulk_rest_tasks_per_s",
+    "rest_create_c1_req_per_s",
+    "rest_create_c1_p50_ms",
+    "rest_create_c1_p99_ms",
+    "rest_create_c32_req_per_s",
+    "rest_create_c32_p50_ms",
+    "rest_create_c32_p99_ms",
+    "enqueue_bulk_python_tasks_per_s",
+    "drain_tasks_per_s",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "pg_row_writes_per_task",
+    "pg_commits_per_task",
+    "pg_wal_bytes_per_task",
+}
+
+
+def bench_env() -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TASKFLOW_", "AMQP_", "POSTGRES_", "DATABASE_URL", "BENCH_"))
+    }
+    env.update(
+        # The bench creates its own database on this server and drops it after.
+        DATABASE_URL=dsn_for("postgres"),
+        AMQP_URL=AMQP_URL,
+        TASKFLOW_ENV_FILE="/nonexistent/.env",
+        TASKFLOW_LOG_FORMAT="text",
+        PYTHONPATH=str(REPO),
+    )
+    return env
+
+
+async def database_exists(name: str) -> bool:
+    connection = await asyncpg.connect(ADMIN_DSN)
+    try:
+        return bool(await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+    finally:
+        await connection.close()
+
+
+async def queue_exists(name: str) -> bool:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return False
+        return True
+    finally:
+        await connection.close()
+
+
+async def test_quick_bench_reports_every_metric_and_cleans_up(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    command = ["bench", "--quick", "--backlog", "0", "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "taskflow", *command],
+        env=bench_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    document = json.loads(out.read_text())
+
+    metrics = document["metrics"]
+    assert set(metrics) == EXPECTED_METRICS
+    for name, value in metrics.items():
+        assert isinstance(value, int | float), (name, value)
+        assert value > 0, (name, value)
+    assert document["failures"] == []
+    assert document["details"]["drain"]["tasks"] == document["details"]["drain"]["of"] == 2000
+    assert document["details"]["drain"]["duplicates"] == 0
+    # Every drained and latency task wrote its insert, claim and finish.
+    assert document["details"]["pg_writes"]["per_table"]["tasks"]["inserted"] == pytest.approx(
+        1.0, abs=0.01
+    )
+    assert "| drain of 2000 queued tasks |" in result.stdout
+
+    assert document["database"].startswith("taskflow_bench_")
+    assert not await database_exists(document["database"])
+    assert not await queue_exists(document["queue"])
