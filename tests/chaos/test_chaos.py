@@ -150,6 +150,7 @@ async def test_sigkill_workers_mid_task(
     for row in history:
         by_task[row["task_id"]].append(row)
     rescued = 0
+    delays: list[float] = []
     for task_id, events in by_task.items():
         holding = None
         for event in events:
@@ -163,9 +164,16 @@ async def test_sigkill_workers_mid_task(
                 pid = int(event["worker_id"].split(":")[1])
                 assert pid in killed_at, f"rescued from a worker that was not killed: {event}"
                 delay = event["at"].timestamp() - killed_at[pid]
+                delays.append(delay)
                 # The lease may have been extended just before the kill.
                 assert delay <= LEASE_SECONDS + TICK_SECONDS + 1.0, (task_id, delay)
     assert rescued >= interrupted
+    # Shown with -s: the observed SIGKILL -> rescue times.
+    print(
+        f"\nrescued {rescued} tasks from {len(killed_at)} killed workers; "
+        f"kill -> rescue min {min(delays):.2f} s, max {max(delays):.2f} s "
+        f"(lease {LEASE_SECONDS} s, tick {TICK_SECONDS} s)"
+    )
 
 
 async def test_postgres_restart_loses_no_acknowledged_task(
