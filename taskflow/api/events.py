@@ -82,6 +82,7 @@ from quart import Blueprint, Response, current_app, g, request
 
 from taskflow.api import state
 from taskflow.api.responses import dumps, json_response
+from taskflow.api.tasks import parse_task_id
 from taskflow.auth import token_from_header, verify_token
 from taskflow.errors import TaskNotFound, ValidationFailed
 from taskflow.store import DATABASE_ERRORS, Listener, LiveEventsStore, Record
@@ -522,15 +523,6 @@ def _resume_from() -> int | None:
     return int(raw)
 
 
-def _task_id(raw: str) -> UUID:
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise ValidationFailed(
-            "malformed task id", details=[{"field": "id", "message": "must be a UUID"}]
-        ) from None
-
-
 def _store() -> LiveEventsStore:
     store = state().store
     assert store is not None
@@ -566,7 +558,7 @@ async def user_events() -> Response:
 @blueprint.get("/api/tasks/<raw_id>/events")
 async def task_events(raw_id: str) -> Response:
     user_id = _authenticate()
-    task_id = _task_id(raw_id)
+    task_id = parse_task_id(raw_id)
     resume_from = _resume_from()
     # Another user's task is indistinguishable from a missing one.
     if await _store().select_own_task(task_id, user_id) is None:

@@ -80,7 +80,7 @@ def _enqueuer() -> Enqueuer:
     return enqueuer
 
 
-def _task_id(raw: str) -> UUID:
+def parse_task_id(raw: str) -> UUID:
     try:
         return UUID(raw)
     except ValueError:
@@ -222,13 +222,13 @@ async def _own_task(task_id: UUID) -> Record:
 @blueprint.get("/api/tasks/<raw_id>")
 @require_user
 async def get_task(raw_id: str) -> Response:
-    return json_response(task_json(await _own_task(_task_id(raw_id))))
+    return json_response(task_json(await _own_task(parse_task_id(raw_id))))
 
 
 @blueprint.get("/api/tasks/<raw_id>/history")
 @require_user
 async def get_task_history(raw_id: str) -> Response:
-    task_id = _task_id(raw_id)
+    task_id = parse_task_id(raw_id)
     rows = await _store().select_own_task_history(task_id, current_user_id())
     if not rows:
         raise TaskNotFound()
@@ -246,7 +246,7 @@ def _not_in(row: Record, allowed: frozenset[TaskStatus], action: str) -> Invalid
 @blueprint.patch("/api/tasks/<raw_id>")
 @require_user
 async def patch_task(raw_id: str) -> Response:
-    task_id = _task_id(raw_id)
+    task_id = parse_task_id(raw_id)
     body = await read_model(TaskPatch)
     check_run_at(body.run_at)
     current = await _own_task(task_id)
@@ -279,7 +279,7 @@ async def patch_task(raw_id: str) -> Response:
 @blueprint.post("/api/tasks/<raw_id>/cancel")
 @require_user
 async def cancel_task(raw_id: str) -> Response:
-    task_id = _task_id(raw_id)
+    task_id = parse_task_id(raw_id)
     user_id = current_user_id()
     row = await _store().cancel_task(task_id, user_id, actor=f"api:user {user_id}")
     if row is None:
@@ -291,7 +291,7 @@ async def cancel_task(raw_id: str) -> Response:
 @blueprint.post("/api/tasks/<raw_id>/retry")
 @require_user
 async def retry_task(raw_id: str) -> Response:
-    task_id = _task_id(raw_id)
+    task_id = parse_task_id(raw_id)
     user_id = current_user_id()
     row = await _store().retry_finished_task(task_id, user_id, actor=f"api:user {user_id}")
     if row is None:
@@ -304,7 +304,7 @@ async def retry_task(raw_id: str) -> Response:
 @blueprint.delete("/api/tasks/<raw_id>")
 @require_user
 async def delete_task(raw_id: str) -> Response:
-    task_id = _task_id(raw_id)
+    task_id = parse_task_id(raw_id)
     if not await _store().delete_finished_task(task_id, current_user_id()):
         latest = await _own_task(task_id)
         raise _not_in(latest, TERMINAL, "delete")
