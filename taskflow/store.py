@@ -28,7 +28,6 @@ from taskflow.errors import (
     EmailTaken,
     IdempotencyKeyReused,
     StoreUnavailable,
-    TaskFlowError,
     ValidationFailed,
 )
 from taskflow.models import EDITABLE, RETRYABLE, TERMINAL, TaskStatus
@@ -813,25 +812,6 @@ class Listener:
 
     def _on_notify(self, _connection: Any, _pid: int, channel: str, payload: str) -> None:
         self.callback(channel, payload)
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, CONNECTION_ERRORS)
-
-
-__all__ = [
-    "CONNECTION_ERRORS",
-    "DATABASE_ERRORS",
-    "Listener",
-    "NewTask",
-    "Outcome",
-    "Record",
-    "Store",
-    "TaskFlowError",
-    "apply_migrations",
-    "connect",
-    "is_connection_error",
-]
 
 
 async def create_database_if_missing(dsn: str) -> bool:
