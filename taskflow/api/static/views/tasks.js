@@ -64,37 +64,55 @@ export function renderTasks(main) {
   }
 
   let latestReload = 0;
+  let reloadsInFlight = 0;
+  // Events that arrive while a page is being fetched: the answer may predate
+  // them, so they are applied again once the new rows are on the page.
+  const arrivedDuringReload = new Map();
 
   async function reload() {
     // Only the newest answer is shown: an older one may predate a change
     // made since (a row deleted here must not come back).
     const mine = ++latestReload;
     const url = state.pages[state.page] || firstPageUrl();
-    let response;
+    reloadsInFlight += 1;
     try {
-      response = await api(url, { raw: true });
-    } catch (error) {
-      if (error instanceof ApiError) toast(error.message, "error");
-      return;
+      let response;
+      try {
+        response = await api(url, { raw: true });
+      } catch (error) {
+        if (error instanceof ApiError) toast(error.message, "error");
+        return;
+      }
+      const tasks = await response.json();
+      if (mine !== latestReload) return;
+      state.next = nextLink(response);
+      state.rows.clear();
+      clear(tbody, tasks.length ? tasks.map((task) => {
+        const row = taskRow(task, { onChanged: () => reloadSoon() });
+        state.rows.set(task.id, row);
+        return row;
+      }) : h("tr", { class: "empty" }, h("td", { colspan: 8 }, "No tasks here yet.")));
+      newer.disabled = state.page === 0;
+      older.disabled = !state.next;
+      summary.textContent = `Page ${state.page + 1}`;
+      for (const event of arrivedDuringReload.values()) {
+        const row = state.rows.get(event.task_id);
+        if (row && Date.parse(event.at) >= Date.parse(row.task.updated_at)) updateRow(row, event);
+      }
+    } finally {
+      reloadsInFlight -= 1;
+      if (reloadsInFlight === 0) arrivedDuringReload.clear();
     }
-    const tasks = await response.json();
-    if (mine !== latestReload) return;
-    state.next = nextLink(response);
-    state.rows.clear();
-    clear(tbody, tasks.length ? tasks.map((task) => {
-      const row = taskRow(task, { onChanged: () => reloadSoon() });
-      state.rows.set(task.id, row);
-      return row;
-    }) : h("tr", { class: "empty" }, h("td", { colspan: 8 }, "No tasks here yet.")));
-    newer.disabled = state.page === 0;
-    older.disabled = !state.next;
-    summary.textContent = `Page ${state.page + 1}`;
   }
 
   // New tasks show up on the first page; changes update their row in place.
   const reloadSoon = debounce(reload, 250);
   const stream = new LiveStream("/api/events", {
     onEvent(event) {
+      if (reloadsInFlight > 0) {
+        const seen = arrivedDuringReload.get(event.task_id);
+        if (!seen || seen.id < event.id) arrivedDuringReload.set(event.task_id, event);
+      }
       const row = state.rows.get(event.task_id);
       if (row) updateRow(row, event);
       else if (event.event === "created" && state.page === 0) reloadSoon();
