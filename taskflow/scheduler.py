@@ -68,6 +68,7 @@ class Scheduler:
             self.broker = Broker(
                 self.settings.amqp_url.get_secret_value(),
                 self.settings.amqp_queue,
+                ids_per_message=self.settings.ids_per_message,
                 name="taskflow-scheduler",
             )
             self.broker.start()

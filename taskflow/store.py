@@ -303,11 +303,14 @@ UPDATE tasks t SET status = 'processing', attempts = t.attempts + 1, worker_id =
 WHERE t.id = ANY($1::uuid[]) AND t.status = 'queued'
 RETURNING {CLAIMED_COLUMNS}
 """
-# Without a broker: take the next rows in priority order. SKIP LOCKED so many
-# workers never wait on, or take, the same row.
+# Without a broker, or to balance load: take the next rows in priority order
+# that have been queued for at least $4 seconds. SKIP LOCKED so many workers
+# never wait on, or take, the same row.
 CLAIM_NEXT_TASKS = f"""
 WITH next AS (
-    SELECT id FROM tasks WHERE status = 'queued'
+    SELECT id FROM tasks
+    WHERE status = 'queued'
+      AND ($4::float8 = 0 OR updated_at < now() - make_interval(secs => $4::float8))
     ORDER BY priority DESC, run_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -672,9 +675,11 @@ class Store:
         return await self.pool.fetch(CLAIM_QUEUED_TASKS, list(task_ids), worker_id, lease_seconds)
 
     async def claim_next_tasks(
-        self, limit: int, worker_id: str, lease_seconds: float
+        self, limit: int, worker_id: str, lease_seconds: float, *, queued_for_seconds: float = 0
     ) -> list[Record]:
-        return await self.pool.fetch(CLAIM_NEXT_TASKS, limit, worker_id, lease_seconds)
+        return await self.pool.fetch(
+            CLAIM_NEXT_TASKS, limit, worker_id, lease_seconds, queued_for_seconds
+        )
 
     async def finish_processing_tasks(self, outcomes: Sequence[Outcome]) -> set[UUID]:
         """Write outcomes; returns the ids whose fence held (the others were lost)."""
@@ -1016,7 +1021,7 @@ SELECT_HISTORY_WATERMARK = "SELECT coalesce(max(id), 0) FROM task_history"
 # at insert but seen at commit, so a transaction that took id 100 can commit
 # after the one that took 101, and a client that saw 101 still needs 100. The
 # stream drops the ids it already sent; the client drops those it has seen.
-# The two halves use the primary key and task_history_at_idx.
+# The two halves use the primary key and the BRIN index on task_history (at).
 SELECT_OWN_EVENTS_SINCE = f"""
 (SELECT {LIVE_EVENT_COLUMNS}
  FROM task_history h
@@ -1090,7 +1095,7 @@ ORDER BY s.status
 """
 # The ends of attempts per minute, as taskflow_throughput counts them, with
 # empty minutes as zeros so a sparkline has one point per minute. A range scan
-# of task_history_at_idx: $1 minutes of rows.
+# of the BRIN index on task_history (at): $1 minutes of rows.
 SELECT_THROUGHPUT_BY_MINUTE = """
 WITH span AS (
     SELECT date_trunc('minute', now()) - make_interval(mins => $1 - 1) AS first_minute

@@ -7,11 +7,13 @@ The flow for one task:
 2. The row is claimed by a guarded UPDATE (``status = 'queued'``) that sets
    ``processing``, bumps ``attempts``, records this worker, a lease deadline and
    a fresh fencing token. Ids that arrive together are claimed in one statement.
-   A duplicate or stale id claims nothing and its message is acked and dropped.
-   A message is acked once its claim has committed, never before: from then
-   on the lease, not the message, keeps the task safe. Ids are claimed only
-   into free slots, and the prefetch equals the slots, so a worker holds at
-   most one slot's worth of unclaimed ids per slot while its handlers run.
+   A duplicate or stale id claims nothing and is dropped. A message (which
+   may carry several ids) is acked once the claims of all its ids have
+   committed, never before: from then on the leases, not the message, keep
+   the tasks safe. Ids are claimed into free slots, plus a few more while
+   handlers are short (see ``claim_ahead``); the other ids waiting for a slot
+   stay queued in Postgres, so a worker that idles while another holds a
+   backlog of ids takes the oldest queued rows itself (see ``_db_loop``).
 3. The handler runs under its timeout; a heartbeat extends the lease.
 4. The outcome is written by an UPDATE fenced on the token, batched with other
    outcomes that are ready at the same moment.
@@ -20,6 +22,7 @@ The flow for one task:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 
 Ack = Callable[[], Awaitable[None]]
 STORE_ERRORS = DATABASE_ERRORS
+# At most this many times the slots are claimed ahead.
+CLAIM_AHEAD_SLOTS_FACTOR = 4
 
 
 def new_worker_id() -> str:
@@ -61,9 +66,29 @@ class Running:
     claim_token: int
     task_type: str
     attempt: int
-    job: asyncio.Task[None] | None = None
+    job: asyncio.Task[None] | None = None  # None while claimed ahead, waiting for a slot
     stop_reason: str | None = None  # "cancelled", "lease_lost", "shutdown"
     recorded: bool = False  # the outcome is written; the lease no longer matters
+    slot_held: bool = False
+
+    def stop(self, reason: str) -> None:
+        """Stop the handler, or keep it from starting if it is still waiting."""
+        self.stop_reason = self.stop_reason or reason
+        if self.job is not None:
+            self.job.cancel()
+
+
+@dataclass
+class Ticket:
+    """One delivered message: acked once every id it carried is claimed or dropped."""
+
+    ack: Ack
+    unresolved: int
+
+    async def resolve(self) -> None:
+        self.unresolved -= 1
+        if self.unresolved == 0:
+            await self.ack()
 
 
 @dataclass
@@ -124,7 +149,7 @@ class Worker:
         self.running: dict[UUID, Running] = {}
         self.store: Store | None = None
         self.broker: Broker | None = None
-        self._deliveries: list[tuple[UUID, Ack]] = []
+        self._deliveries: list[tuple[UUID, Ticket]] = []
         self._claim_wake = asyncio.Event()
         self._db_wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -132,6 +157,10 @@ class Worker:
         self._accepting = True
         self._claims_in_flight = 0
         self._handlers_running = 0
+        # Claimed ahead of a free slot, in claim order.
+        self._ready: collections.deque[tuple[Record, Running]] = collections.deque()
+        self._claim_ahead_seconds = settings.worker_claim_ahead_ms / 1000
+        self._handler_seconds: float | None = None  # moving average
         self._finisher = Batcher(self._flush_outcomes)
         self.completed = 0
 
@@ -140,7 +169,27 @@ class Worker:
     @property
     def free_slots(self) -> int:
         # A slot is a running handler; writing its outcome does not hold one.
-        return self.concurrency - self._handlers_running - self._claims_in_flight
+        return self.concurrency - self._handlers_running - len(self._ready) - self._claims_in_flight
+
+    @property
+    def claim_capacity(self) -> int:
+        """Free slots plus the claim-ahead allowance.
+
+        One claim statement per free slot is what a task would cost in
+        Postgres if handlers were instant; claiming a little ahead lets one
+        statement take a message's worth of ids. The allowance is what the
+        slots are expected to start within ``worker_claim_ahead_ms``, judged
+        by recent handler times, so long handlers get none: a task claimed
+        ahead holds its lease while it waits, and no other worker can take it.
+        """
+        return self.free_slots + self._claim_ahead()
+
+    def _claim_ahead(self) -> int:
+        average = self._handler_seconds
+        if self._claim_ahead_seconds <= 0 or average is None:
+            return 0
+        expected = self.concurrency * self._claim_ahead_seconds / max(average, 1e-6)
+        return min(int(expected), CLAIM_AHEAD_SLOTS_FACTOR * self.concurrency)
 
     def _broker_live(self) -> bool:
         return self.broker is not None and self.broker.connected.is_set()
@@ -190,6 +239,7 @@ class Worker:
                 self.settings.amqp_queue,
                 prefetch=self.concurrency,
                 on_delivery=self._on_delivery,
+                ids_per_message=self.settings.ids_per_message,
                 name=f"taskflow-worker {self.worker_id}",
             )
             self.broker.start()
@@ -222,7 +272,7 @@ class Worker:
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         """Soft stop, then hard stop: stop taking work, let running handlers
         finish within the grace period, then cancel them and hand them back."""
-        self._accepting = False
+        self._accepting = False  # tasks claimed ahead do not start now: they go back
         if self.broker is not None:
             await self.broker.stop_consuming()
         # Deliveries not yet claimed go back to RabbitMQ when the channel closes.
@@ -235,11 +285,11 @@ class Worker:
                 extra={"event": "worker_draining", "running": len(jobs), "grace_seconds": grace},
             )
             await asyncio.wait(jobs, timeout=grace)
-        leftovers = list(self.running.values())
+        # An attempt whose outcome is being written is finished, not handed back.
+        leftovers = [r for r in self.running.values() if not r.recorded]
+        self._ready.clear()
         for running in leftovers:
-            running.stop_reason = "shutdown"
-            if running.job is not None:
-                running.job.cancel()
+            running.stop("shutdown")
         if leftovers:
             await asyncio.gather(*(r.job for r in leftovers if r.job), return_exceptions=True)
             assert self.store is not None
@@ -281,10 +331,11 @@ class Worker:
 
     # ----- receiving work
 
-    async def _on_delivery(self, task_id: UUID, ack: Ack) -> None:
+    async def _on_delivery(self, task_ids: list[UUID], ack: Ack) -> None:
         if not self._accepting:
             return  # unacked: RabbitMQ redelivers it to another worker
-        self._deliveries.append((task_id, ack))
+        ticket = Ticket(ack, len(task_ids))
+        self._deliveries.extend((task_id, ticket) for task_id in task_ids)
         self._claim_wake.set()
 
     def _on_notify(self, channel: str, payload: str) -> None:
@@ -294,9 +345,8 @@ class Worker:
             except ValueError:
                 return
             running = self.running.get(task_id)
-            if running is not None and running.job is not None:
-                running.stop_reason = "cancelled"
-                running.job.cancel()
+            if running is not None and not running.recorded:
+                running.stop("cancelled")
                 log.info(
                     "cancelling running task",
                     extra={"event": "task_cancel", "task_id": str(task_id)},
@@ -312,22 +362,18 @@ class Worker:
             self._claim_wake.clear()
             if not self._accepting:
                 continue
-            take = min(len(self._deliveries), self.free_slots)
+            take = min(len(self._deliveries), self.claim_capacity)
             if take <= 0:
                 continue
             batch, self._deliveries = self._deliveries[:take], self._deliveries[take:]
-            acks: dict[UUID, list[Ack]] = {}
-            for task_id, ack in batch:
-                acks.setdefault(task_id, []).append(ack)
-            self._claims_in_flight += len(acks)
+            ids = list(dict.fromkeys(task_id for task_id, _ in batch))
+            self._claims_in_flight += len(ids)
             try:
                 rows = await self._claim_with_retry(
-                    lambda ids=list(acks): self.store.claim_queued_tasks(  # type: ignore[union-attr]
-                        ids, self.worker_id, self.lease_seconds
-                    )
+                    self.store.claim_queued_tasks(ids, self.worker_id, self.lease_seconds)
                 )
             finally:
-                self._claims_in_flight -= len(acks)
+                self._claims_in_flight -= len(ids)
             if rows is None:  # Postgres is unreachable: let RabbitMQ redeliver later
                 self._deliveries = batch + self._deliveries
                 await asyncio.sleep(0.5)
@@ -337,38 +383,50 @@ class Worker:
                 self._start(row)
             # Claimed ones are safe in Postgres now; the others were stale or
             # duplicates (already claimed, finished or cancelled): drop them.
-            for own_acks in acks.values():
-                for ack in own_acks:
-                    await ack()
+            for _, ticket in batch:
+                await ticket.resolve()
             if self._deliveries:
                 self._claim_wake.set()
 
-    async def _claim_with_retry(
-        self, claim: Callable[[], Awaitable[list[Record]]]
-    ) -> list[Record] | None:
+    async def _claim_with_retry(self, claim: Awaitable[list[Record]]) -> list[Record] | None:
         try:
-            return await claim()
+            return await claim
         except STORE_ERRORS as exc:
             log.warning("claim failed", extra={"event": "claim_failed", "error": str(exc)})
             return None
 
     async def _db_loop(self) -> None:
-        """Without a (connected) broker: claim the next rows with SKIP LOCKED,
-        woken by NOTIFY, a freed slot, or the poll interval as a safety net."""
+        """Claim the next queued rows from Postgres with SKIP LOCKED.
+
+        Without a (connected) broker this is how work arrives: woken by NOTIFY,
+        a freed slot, or the poll interval as a safety net. With the broker it
+        only balances: a worker with free slots and no delivered ids takes
+        rows that have been queued for a poll interval already, typically ids
+        that wait in another worker's buffer behind long-running tasks (that
+        worker drops them when their claim finds them taken).
+        """
         assert self.store is not None
         poll = self.settings.worker_poll_interval_ms / 1000
         self._db_wake.set()  # look once at start: work may be waiting already
+        last_look = 0.0
         while not self._stop.is_set():
             await wait_event(self._db_wake, poll)
             self._db_wake.clear()
-            if not self._accepting or self._broker_live() or self.free_slots <= 0:
+            if not self._accepting or self.free_slots <= 0:
                 continue
-            limit = self.free_slots
+            queued_for = 0.0
+            limit = self.claim_capacity
+            if self._broker_live():
+                if self._deliveries or time.monotonic() - last_look < poll:
+                    continue
+                queued_for = poll
+                limit = self.free_slots  # balancing: only what can start now
+            last_look = time.monotonic()
             self._claims_in_flight += limit
             try:
                 rows = await self._claim_with_retry(
-                    lambda limit=limit: self.store.claim_next_tasks(  # type: ignore[union-attr,misc]
-                        limit, self.worker_id, self.lease_seconds
+                    self.store.claim_next_tasks(
+                        limit, self.worker_id, self.lease_seconds, queued_for_seconds=queued_for
                     )
                 )
             finally:
@@ -384,6 +442,7 @@ class Worker:
     # ----- running a task
 
     def _start(self, row: Record) -> None:
+        """Take a claimed row: it runs in a free slot, or waits for the next one."""
         running = Running(
             task_id=row["id"],
             claim_token=row["claim_token"],
@@ -391,9 +450,41 @@ class Worker:
             attempt=row["attempts"],
         )
         self.running[running.task_id] = running
-        waited = (datetime.now(UTC) - row["run_at"]).total_seconds()
-        START_LATENCY_SECONDS.labels(running.task_type).observe(max(waited, 0.0))
-        running.job = asyncio.create_task(self._execute(row, running), name=f"task {row['id']}")
+        self._ready.append((row, running))
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        while self._ready and self._accepting and self._handlers_running < self.concurrency:
+            row, running = self._ready.popleft()
+            if running.stop_reason is not None:  # cancelled or lost while it waited
+                self.running.pop(running.task_id, None)
+                continue
+            self._handlers_running += 1
+            running.slot_held = True
+            waited = (datetime.now(UTC) - row["run_at"]).total_seconds()
+            START_LATENCY_SECONDS.labels(running.task_type).observe(max(waited, 0.0))
+            job = asyncio.create_task(self._execute(row, running), name=f"task {row['id']}")
+            running.job = job
+            # A callback, not a finally: a job cancelled before its first step
+            # never enters its body, and its slot must come back all the same.
+            job.add_done_callback(lambda _job, running=running: self._job_done(running))
+
+    def _release_slot(self, running: Running) -> None:
+        if running.slot_held:
+            running.slot_held = False
+            self._handlers_running -= 1
+            self._start_ready()
+            self._claim_wake.set()
+            self._db_wake.set()
+
+    def _job_done(self, running: Running) -> None:
+        self._release_slot(running)
+        if self.running.get(running.task_id) is running:
+            del self.running[running.task_id]
+
+    def _observe_handler_time(self, seconds: float) -> None:
+        previous = self._handler_seconds
+        self._handler_seconds = seconds if previous is None else previous * 0.9 + seconds * 0.1
 
     async def _execute(self, row: Record, running: Running) -> None:
         extra = {
@@ -402,8 +493,6 @@ class Worker:
             "attempt": running.attempt,
             "worker_id": self.worker_id,
         }
-        self._handlers_running += 1
-        slot_held = True
         try:
             try:
                 outcome = await self._run_handler(row, running, extra)
@@ -418,19 +507,10 @@ class Worker:
             running.recorded = True  # from here on, a heartbeat must not cancel us
             # The handler is done: its slot takes the next task while the
             # outcome is written (the lease still covers this one until then).
-            self._handlers_running -= 1
-            slot_held = False
-            self._claim_wake.set()
-            self._db_wake.set()
+            self._release_slot(running)
             await self._record(outcome, extra)
         except Exception as exc:  # our own bookkeeping failed; the lease rescues the task
             log.error("recording failed", exc_info=exc, extra={**extra, "event": "record_crashed"})
-        finally:
-            if slot_held:
-                self._handlers_running -= 1
-            self.running.pop(running.task_id, None)
-            self._claim_wake.set()
-            self._db_wake.set()
 
     async def _run_handler(self, row: Record, running: Running, extra: dict[str, Any]) -> Outcome:
         task_id, token, attempt = running.task_id, running.claim_token, running.attempt
@@ -498,7 +578,9 @@ class Worker:
                 try:
                     result = await task_type.handler(payload, context)
                 finally:
-                    HANDLER_SECONDS.labels(running.task_type).observe(time.perf_counter() - started)
+                    seconds = time.perf_counter() - started
+                    HANDLER_SECONDS.labels(running.task_type).observe(seconds)
+                    self._observe_handler_time(seconds)
         except TimeoutError as exc:
             if deadline.expired():
                 return failed(f"timed out after {timeout:g}s", permanent=False)
@@ -583,15 +665,9 @@ class Worker:
                 continue
             for task_id, _ in claims:
                 running = self.running.get(task_id)
-                if (
-                    task_id not in kept
-                    and running is not None
-                    and running.job is not None
-                    and not running.recorded
-                ):
+                if task_id not in kept and running is not None and not running.recorded:
                     # Rescued or cancelled while we ran it: stop, someone else owns it now.
-                    running.stop_reason = running.stop_reason or "lease_lost"
-                    running.job.cancel()
+                    running.stop("lease_lost")
                     log.warning(
                         "lease lost; stopping task",
                         extra={"event": "lease_lost", "task_id": str(task_id)},

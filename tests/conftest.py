@@ -23,6 +23,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from taskflow.api import create_app
+from taskflow.broker import decode_ids
 from taskflow.config import Settings, load_settings
 from taskflow.handlers import Registry, build_registry
 from taskflow.store import Store, apply_migrations
@@ -175,3 +176,20 @@ async def wait_until(
 
 async def new_user(store: Store, email: str = "worker-test@example.com") -> int:
     return await store.insert_user(email, "not-a-real-hash")
+
+
+async def published_ids(queue: str) -> list[uuid.UUID]:
+    """Every task id waiting in a queue, in order. The messages are read
+    unacked and go back to the queue when the connection closes."""
+    connection = await aio_pika.connect(AMQP_URL)
+    ids: list[uuid.UUID] = []
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, durable=True, passive=True)
+        while (message := await declared.get(no_ack=False, fail=False)) is not None:
+            decoded = decode_ids(message.body)
+            assert decoded is not None, message.body
+            ids.extend(decoded)
+    finally:
+        await connection.close()
+    return ids

@@ -58,7 +58,10 @@ def create_app(settings: Settings, registry: Registry) -> Quart:
         )
         if settings.amqp_url is not None:
             api_state.broker = Broker(
-                settings.amqp_url.get_secret_value(), settings.amqp_queue, name="taskflow-api"
+                settings.amqp_url.get_secret_value(),
+                settings.amqp_queue,
+                ids_per_message=settings.ids_per_message,
+                name="taskflow-api",
             )
             api_state.broker.start()
             await api_state.broker.wait_connected(timeout=3)

@@ -9,6 +9,7 @@ import aio_pika
 from quart.typing import TestClientProtocol as Client
 
 from taskflow.auth import issue_token
+from taskflow.broker import decode_ids
 from taskflow.models import TaskStatus
 from taskflow.store import Outcome, Store
 from tests.conftest import AMQP_URL, TEST_SECRET
@@ -120,16 +121,18 @@ async def put_task_in(store: Store, task_id: str, status: TaskStatus) -> None:
 
 
 async def drain_queue(queue: str) -> list[str]:
-    """Every message now in the RabbitMQ queue (the API publishes with
-    confirms before it answers, so nothing is still on its way)."""
+    """Every task id now in the RabbitMQ queue, taken out of it (the API
+    publishes with confirms before it answers, so nothing is still on its way)."""
     connection = await aio_pika.connect(AMQP_URL)
-    bodies: list[str] = []
+    ids: list[str] = []
     async with connection:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, durable=True)
         while (message := await declared.get(no_ack=True, fail=False)) is not None:
-            bodies.append(message.body.decode())
-    return bodies
+            decoded = decode_ids(message.body)
+            assert decoded is not None, message.body
+            ids.extend(str(task_id) for task_id in decoded)
+    return ids
 
 
 async def db_snapshot(store: Store) -> dict[str, list[tuple[Any, ...]]]:

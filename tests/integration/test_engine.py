@@ -32,7 +32,14 @@ from taskflow.store import (
     connect,
 )
 from taskflow.worker import Worker
-from tests.conftest import AMQP_URL, make_settings, new_user, running, wait_until
+from tests.conftest import (
+    AMQP_URL,
+    make_settings,
+    new_user,
+    published_ids,
+    running,
+    wait_until,
+)
 
 FAST = {
     "scheduler_interval_ms": 50,
@@ -190,6 +197,58 @@ async def test_duplicate_stale_and_garbage_messages_are_dropped(
     declared = await channel.declare_queue(fast.amqp_queue, durable=True, passive=True)
     assert declared.declaration_result.message_count == 0  # everything was acked
     await connection.close()
+
+
+async def test_ids_of_one_message_are_claimed_once_each_in_one_statement(
+    store: Store, fast: Settings, publisher: Broker, user_id: int
+) -> None:
+    ids = await bulk_queued(store, user_id, 6)
+    assert await publisher.publish_ids(ids)  # one message of six ids
+    assert await publisher.queue_depth() == 1
+    async with running(Worker(fast, build_registry(fast), concurrency=8)):
+        await wait_until(all_in(store, ids, "done"))
+    tokens = await store.pool.fetch(
+        "SELECT claim_token, worker_id FROM tasks WHERE id = ANY($1)", ids
+    )
+    # Six fresh fencing tokens, one per task, from one claiming worker.
+    assert len({row["claim_token"] for row in tokens}) == 6
+    assert len({row["worker_id"] for row in tokens}) == 1
+    for task_id in ids:
+        assert await events_of(store, task_id) == ["created", "claimed", "completed"]
+    assert await publisher.queue_depth() == 0
+
+
+async def test_an_idle_worker_takes_ids_waiting_behind_another_workers_long_tasks(
+    store: Store, fast: Settings, publisher: Broker, user_id: int
+) -> None:
+    one = Worker(fast, build_registry(fast), concurrency=1, worker_id="one-slot")
+    three = Worker(fast, build_registry(fast), concurrency=3, worker_id="three-slots")
+    async with running(one), running(three):
+
+        async def connected() -> bool:
+            return all(w.broker is not None and w.broker.connected.is_set() for w in (one, three))
+
+        await wait_until(connected, what="both workers consuming")
+        queue = enqueuer(store, fast, None)  # published below, as one message
+        ids = [await create(queue, user_id, "test_sleep", {"seconds": 1.5}) for _ in range(4)]
+        assert await publisher.publish_ids(ids)
+        # Whichever worker gets the message claims what its slots take and
+        # holds the rest; the other, with free slots and no deliveries, takes
+        # those once they have been queued for a poll interval.
+        await wait_until(all_in(store, ids, "done"), timeout=10)
+
+        async def acked() -> bool:
+            return await publisher.queue_depth() == 0 and not any(
+                w._deliveries for w in (one, three)
+            )
+
+        await wait_until(acked, what="the message acked by its holder")
+    workers = Counter(
+        await store.pool.fetchval("SELECT array_agg(worker_id) FROM tasks WHERE id = ANY($1)", ids)
+    )
+    assert workers == {"one-slot": 1, "three-slots": 3}
+    for task_id in ids:
+        assert (await events_of(store, task_id)).count("claimed") == 1
 
 
 # ----- fencing and leases
@@ -448,7 +507,11 @@ async def test_two_schedulers_promote_each_row_once(
     assert sum(r.promoted for r in reports) == 500
     due = await store.pool.fetchval("SELECT count(*) FROM task_history WHERE event = 'due'")
     assert due == 500
-    assert await publisher.queue_depth() == 500
+    published = await published_ids(fast.amqp_queue)
+    assert len(published) == 500
+    assert set(published) == set(await store.pool.fetchval("SELECT array_agg(id) FROM tasks"))
+    # Ids promoted together share messages, up to ids_per_message each.
+    assert await publisher.queue_depth() < 500
 
 
 async def test_queued_rows_nobody_published_are_republished(
@@ -460,11 +523,11 @@ async def test_queued_rows_nobody_published_are_republished(
     async with running(Scheduler(fast)):
 
         async def published() -> bool:
-            return await publisher.queue_depth() == 5
+            return sorted(await published_ids(fast.amqp_queue)) == sorted(ids)
 
         await wait_until(published, what="republished")
         await asyncio.sleep(0.5)
-        assert await publisher.queue_depth() == 5  # once, not every tick
+        assert sorted(await published_ids(fast.amqp_queue)) == sorted(ids)  # once, not every tick
     async with running(Worker(fast, build_registry(fast))):
         await wait_until(all_in(store, ids, "done"))
 
@@ -523,7 +586,8 @@ async def test_claim_and_promotion_use_their_indexes_with_100k_finished_rows(
     )
     await store.pool.execute("ANALYZE tasks")
     plans = {
-        "claim next": ("tasks_queued_idx", CLAIM_NEXT_TASKS, [10, "w", 30.0]),
+        "claim next": ("tasks_queued_idx", CLAIM_NEXT_TASKS, [10, "w", 30.0, 0.0]),
+        "claim stale": ("tasks_queued_idx", CLAIM_NEXT_TASKS, [10, "w", 30.0, 2.0]),
         "claim ids": ("tasks_pkey", CLAIM_QUEUED_TASKS, [[uuid.uuid4()], "w", 30.0]),
         "promote": ("tasks_due_idx", PROMOTE_DUE_TASKS, [100]),
         "rescue": ("tasks_lease_idx", RESCUE_EXPIRED_LEASES, [100, 3]),
