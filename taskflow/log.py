@@ -14,6 +14,7 @@ import logging.handlers
 import queue
 import re
 import sys
+import threading
 import traceback
 from datetime import UTC, datetime
 from typing import Any
@@ -27,10 +28,21 @@ _SENSITIVE_KEYS = re.compile(r"pass(word)?|secret|token|authorization|cookie|bod
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+")
 
 
+_sensitive_key_cache: dict[str, bool] = {}
+
+
+def _is_sensitive(key: str) -> bool:
+    # A handful of distinct keys, seen on every line: decide each once.
+    known = _sensitive_key_cache.get(key)
+    if known is None:
+        known = _sensitive_key_cache[key] = bool(_SENSITIVE_KEYS.search(key))
+    return known
+
+
 def _clean(key: str, value: Any) -> Any:
-    if _SENSITIVE_KEYS.search(key):
+    if _is_sensitive(key):
         return "[redacted]"
-    if isinstance(value, str):
+    if isinstance(value, str) and "Bearer" in value:
         return _BEARER.sub(r"\1[redacted]", value)
     return value
 
@@ -72,35 +84,91 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-_listener: logging.handlers.QueueListener | None = None
-_stream: logging.Handler | None = None
+class _RecordQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the writer thread as they are. The stock handler
+    formats each record once here and again in the thread, and copies it; our
+    messages are constant strings, so only a library's ``%`` arguments need
+    merging now, before the objects they name can change."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        return record
+
+
+class _Writer(threading.Thread):
+    """Formats and writes what the queue holds, a batch of lines per write
+    and flush: one system call per burst of records, not one per record."""
+
+    def __init__(
+        self,
+        records: queue.SimpleQueue[logging.LogRecord | None],
+        stream: logging.StreamHandler[Any],
+    ) -> None:
+        super().__init__(name="taskflow-log-writer", daemon=True)
+        self.records = records
+        self.stream = stream
+
+    def run(self) -> None:
+        while True:
+            batch = [self.records.get()]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self.records.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = batch[-1] is None
+            lines = []
+            for record in batch:
+                if record is None:
+                    continue
+                try:
+                    lines.append(self.stream.format(record))
+                except Exception:
+                    self.stream.handleError(record)
+            if lines:
+                try:
+                    self.stream.stream.write("\n".join(lines) + "\n")
+                    self.stream.flush()
+                except (OSError, ValueError):
+                    pass  # stderr closed: nowhere left to say it
+            if stopping:
+                return
+
+
+_writer: _Writer | None = None
+_records: queue.SimpleQueue[logging.LogRecord | None] | None = None
+_stream: logging.StreamHandler[Any] | None = None
 
 
 def setup_logging(component: str, *, level: str = "INFO", log_format: str = "json") -> None:
     """Route every record through a queue to a thread that writes stderr, so a
     slow terminal or pipe never blocks the event loop."""
-    global _listener, _stream
-    if _listener is not None:
-        _listener.stop()
-    stream = logging.StreamHandler(sys.stderr)
+    global _writer, _records, _stream
+    stop_logging()
+    stream: logging.StreamHandler[Any] = logging.StreamHandler(sys.stderr)
     _stream = stream
     stream.setFormatter(JsonFormatter(component) if log_format == "json" else TextFormatter())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.handlers[:] = [_RecordQueueHandler(records)]
     root.setLevel(level)
     for noisy in ("aiormq", "aio_pika", "asyncio", "hpack", "httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel("WARNING")
-    _listener = logging.handlers.QueueListener(records, stream, respect_handler_level=False)
-    _listener.start()
+    _records = records
+    _writer = _Writer(records, stream)
+    _writer.start()
     atexit.register(stop_logging)
 
 
 def stop_logging() -> None:
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    """Write what is queued, then stop the writer thread."""
+    global _writer, _records
+    if _writer is not None and _records is not None:
+        _records.put(None)
+        _writer.join(timeout=5)
+    _writer = _records = None
 
 
 def write_directly() -> None:
