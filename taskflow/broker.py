@@ -7,8 +7,9 @@ background loop that reconnects with backoff; publishing while disconnected
 fails fast (the scheduler republishes what was missed).
 
 A message carries one task id per line, up to ``ids_per_message`` of them:
-ids published together (a bulk enqueue, a scheduler tick) share one message,
-one confirm and one ack, which is most of what RabbitMQ costs per task.
+ids published together (a bulk enqueue, a scheduler tick, requests that
+arrive in the same moment) share one message, one confirm and one ack, which
+is most of what RabbitMQ costs per task.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
+from taskflow.batching import Batcher
 from taskflow.metrics import PUBLISH_FAILURES
 from taskflow.waiting import wait_any, wait_event
 
@@ -78,11 +80,17 @@ class Broker:
         self._consumer_tag: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # Concurrent publishers share messages and confirms (group commit).
+        self._publisher: Batcher[list[UUID]] = Batcher(self._publish_now)
+        self._publisher_task: asyncio.Task[None] | None = None
 
     # ----- lifecycle
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"broker:{self.queue_name}")
+        self._publisher_task = asyncio.create_task(
+            self._publisher.run(), name=f"broker-publisher:{self.queue_name}"
+        )
 
     async def wait_connected(self, timeout: float) -> bool:
         return await wait_event(self.connected, timeout)
@@ -95,6 +103,13 @@ class Broker:
             if not finished:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
+        if self._publisher_task is not None:
+            self._publisher_task.cancel()
+            await asyncio.gather(self._publisher_task, return_exceptions=True)
+        for _, waiter in self._publisher.pending:
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("the broker connection was closed"))
+        self._publisher.pending.clear()
 
     async def stop_consuming(self) -> None:
         """Stop taking new deliveries; unacked ones go back to the queue on close."""
@@ -169,31 +184,18 @@ class Broker:
     async def publish_ids(self, task_ids: Iterable[UUID]) -> bool:
         """Publish persistent messages, ``ids_per_message`` ids each, and wait
         for the broker's confirms. Returns False (and logs) when they are not
-        all confirmed."""
+        all confirmed. Ids of concurrent calls may share messages."""
         ids = list(task_ids)
         if not ids:
             return True
-        channel = self._channel
-        if channel is None or not self.connected.is_set():
+        if self._channel is None or not self.connected.is_set():
             PUBLISH_FAILURES.inc(len(ids))
             return False
-        exchange = channel.default_exchange
         try:
-            await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        exchange.publish(
-                            aio_pika.Message(
-                                encode_ids(ids[lo : lo + self.ids_per_message]),
-                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            ),
-                            routing_key=self.queue_name,
-                        )
-                        for lo in range(0, len(ids), self.ids_per_message)
-                    )
-                ),
-                self.publish_timeout,
-            )
+            if self._publisher_task is None:  # not started: nobody to share with
+                await self._publish_now([ids])
+            else:
+                await self._publisher.submit(ids)
         except BROKER_ERRORS as exc:
             log.warning(
                 "publish failed",
@@ -202,6 +204,28 @@ class Broker:
             PUBLISH_FAILURES.inc(len(ids))
             return False
         return True
+
+    async def _publish_now(self, batches: list[list[UUID]]) -> None:
+        ids = [task_id for batch in batches for task_id in batch]
+        channel = self._channel
+        if channel is None or not self.connected.is_set():
+            raise ConnectionError("not connected to RabbitMQ")
+        exchange = channel.default_exchange
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            encode_ids(ids[lo : lo + self.ids_per_message]),
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=self.queue_name,
+                    )
+                    for lo in range(0, len(ids), self.ids_per_message)
+                )
+            ),
+            self.publish_timeout,
+        )
 
     async def queue_depth(self) -> int | None:
         """Messages ready in the queue (not counting ones delivered, unacked)."""

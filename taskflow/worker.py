@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -38,6 +39,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from taskflow.backoff import backoff_seconds
+from taskflow.batching import Batcher
 from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.errors import PermanentError, TransientError
@@ -89,43 +91,6 @@ class Ticket:
         self.unresolved -= 1
         if self.unresolved == 0:
             await self.ack()
-
-
-@dataclass
-class Batcher:
-    """Collects items and runs them in one call: while a call is in flight new
-    items wait, so batches grow exactly as fast as the database is slow."""
-
-    flush: Callable[[list[Any]], Awaitable[None]]
-    pending: list[tuple[Any, asyncio.Future[None]]] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def submit(self, item: Any) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append((item, future))
-        self.wake.set()
-        return future
-
-    async def run(self) -> None:
-        while True:  # ends by cancellation, once the worker has nothing left to write
-            await self.wake.wait()
-            # One turn of the loop lets handlers that finished in the same
-            # moment join this batch; it costs no wait when nothing else is ready.
-            await asyncio.sleep(0)
-            self.wake.clear()
-            batch, self.pending = self.pending, []
-            if not batch:
-                continue
-            try:
-                await self.flush([item for item, _ in batch])
-            except Exception as exc:  # handed to each waiter, which decides
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
 
 
 class Worker:
@@ -467,7 +432,7 @@ class Worker:
             running.job = job
             # A callback, not a finally: a job cancelled before its first step
             # never enters its body, and its slot must come back all the same.
-            job.add_done_callback(lambda _job, running=running: self._job_done(running))
+            job.add_done_callback(functools.partial(self._job_done, running))
 
     def _release_slot(self, running: Running) -> None:
         if running.slot_held:
@@ -477,7 +442,7 @@ class Worker:
             self._claim_wake.set()
             self._db_wake.set()
 
-    def _job_done(self, running: Running) -> None:
+    def _job_done(self, running: Running, _job: object = None) -> None:
         self._release_slot(running)
         if self.running.get(running.task_id) is running:
             del self.running[running.task_id]

@@ -1,0 +1,53 @@
+"""Group commit for asyncio: many callers, one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class Batcher(Generic[T]):
+    """Collects items and runs them in one call: while a call is in flight new
+    items wait, so batches grow exactly as fast as the other side is slow, and
+    a lone item waits for nothing but one turn of the event loop.
+
+    Each ``submit`` returns a future that ends with the call that carried its
+    item: done, or failed with that call's exception. ``run`` is the loop that
+    makes the calls; its owner starts it and cancels it once nothing is pending.
+    """
+
+    flush: Callable[[list[T]], Awaitable[None]]
+    pending: list[tuple[T, asyncio.Future[None]]] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def submit(self, item: T) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        self.wake.set()
+        return future
+
+    async def run(self) -> None:
+        while True:  # ends by cancellation
+            await self.wake.wait()
+            # One turn of the loop lets callers that became ready in the same
+            # moment join this batch; it costs no wait when nothing else is ready.
+            await asyncio.sleep(0)
+            self.wake.clear()
+            batch, self.pending = self.pending, []
+            if not batch:
+                continue
+            try:
+                await self.flush([item for item, _ in batch])
+            except Exception as exc:  # handed to each waiter, which decides
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
