@@ -53,6 +53,7 @@ import httpx
 import orjson
 
 import taskflow
+from taskflow.bench.loadgen import HttpError, KeepAliveConnection
 from taskflow.bench.probes import (
     CpuSnapshot,
     StartBlock,
@@ -591,40 +592,51 @@ class Bench:
                 "tasks/s",
                 f"{done} tasks in {seconds:.2f} s",
             )
-            for concurrency in REST_CONCURRENCY:
-                await self._rest_one_at_a_time(client, concurrency)
+        for concurrency in REST_CONCURRENCY:
+            await self._rest_one_at_a_time(headers, concurrency)
 
-    async def _rest_one_at_a_time(self, client: httpx.AsyncClient, concurrency: int) -> None:
+    async def _rest_one_at_a_time(self, headers: dict[str, str], concurrency: int) -> None:
         total = self.options.rest_requests
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         issued = 0
+        url = urlsplit(self.api_url)
+        assert url.hostname is not None
+        assert url.port is not None
+        # One kept-alive connection per concurrent client, as a pool would hold.
+        connections = [
+            KeepAliveConnection(url.hostname, url.port, headers) for _ in range(concurrency)
+        ]
 
-        async def one(seq: int) -> float:
+        async def one(connection: KeepAliveConnection, seq: int) -> float:
             body = orjson.dumps({"type": TASK_TYPE, "payload": {"seq": seq}})
             begun = time.perf_counter()
-            response = await client.post("/api/tasks", content=body)
+            status, _ = await connection.post("/api/tasks", body)
             elapsed = time.perf_counter() - begun
-            if response.status_code != 201:
-                errors[str(response.status_code)] += 1
+            if status != 201:
+                errors[str(status)] += 1
             return elapsed
 
-        async def loop(deadline: float) -> None:
+        async def loop(connection: KeepAliveConnection, deadline: float) -> None:
             nonlocal issued
             while issued < total and time.perf_counter() < deadline:
                 issued += 1
                 try:
-                    latencies.append(await one(self.seqs(1)[0]))
-                except httpx.HTTPError as exc:
+                    latencies.append(await one(connection, self.seqs(1)[0]))
+                except HttpError as exc:
                     errors[type(exc).__name__] += 1
 
-        # Warm-up, untimed: open the pool's connections and the API's code paths.
-        await asyncio.gather(*(one(self.seqs(1)[0]) for _ in range(min(concurrency * 2, 64))))
-        cpu_before = await self.cpu()
-        started = time.perf_counter()
-        deadline = started + PHASE_TIMEOUT_SECONDS
-        await asyncio.gather(*(loop(deadline) for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
+        try:
+            # Warm-up, untimed: open the connections and the API's code paths.
+            for _ in range(2):
+                await asyncio.gather(*(one(c, self.seqs(1)[0]) for c in connections))
+            cpu_before = await self.cpu()
+            started = time.perf_counter()
+            deadline = started + PHASE_TIMEOUT_SECONDS
+            await asyncio.gather(*(loop(c, deadline) for c in connections))
+            seconds = time.perf_counter() - started
+        finally:
+            await asyncio.gather(*(c.close() for c in connections))
         # Per request: the client (the "bench" group) is on the same two cores.
         self.report.details[f"rest_c{concurrency}"] = {
             "cpu_per_task": cpu_per_task(cpu_before, await self.cpu(), len(latencies))
