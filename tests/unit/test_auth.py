@@ -74,3 +74,17 @@ def test_header_needs_bearer(header: str | None) -> None:
 def test_header_accepts_login_token_verbatim() -> None:
     assert token_from_header("Bearer abc.def.ghi") == "abc.def.ghi"
     assert token_from_header("bearer abc") == "abc"
+
+
+def test_a_remembered_token_is_accepted_only_under_its_key_and_until_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = issue_token(7, SECRET, 60)
+    assert verify_token(token, SECRET) == 7
+    assert verify_token(token, SECRET) == 7  # remembered
+    with pytest.raises(Unauthorized):
+        verify_token(token, b"o" * 40)  # never under another key
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(Unauthorized, match="expired"):
+        verify_token(token, SECRET)
