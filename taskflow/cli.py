@@ -84,31 +84,84 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "host": args.host,
+        "port": args.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        "server_header": False,
+        "backlog": 2048,
+        "timeout_graceful_shutdown": 10,
+    }
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings(args, "api")
     import uvicorn
+
+    processes = args.processes or settings.api_processes
+    log.info(
+        "api listening",
+        extra={
+            "event": "api_started",
+            "host": args.host,
+            "port": args.port,
+            "processes": processes,
+        },
+    )
+    if processes > 1:
+        return _serve_api_processes(args, processes)
 
     from taskflow.api import create_app
     from taskflow.handlers import build_registry
 
     app = create_app(settings, build_registry(settings))
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        backlog=2048,
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
-    log.info("api listening", extra={"event": "api_started", "host": args.host, "port": args.port})
+    server = uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(args)))
     server.run()
     return 0
+
+
+def _serve_api_processes(args: argparse.Namespace, processes: int) -> int:
+    """Several API processes on one socket, kept by uvicorn's supervisor
+    (it restarts a child that dies). They share their metrics through a
+    directory that lives as long as this process."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from taskflow.metrics import MULTIPROCESS_DIR_VARIABLE
+
+    metrics_dir = tempfile.mkdtemp(prefix="taskflow-api-metrics-")
+    # Read by the children, which load settings and metrics afresh.
+    os.environ[MULTIPROCESS_DIR_VARIABLE] = metrics_dir
+    if args.log_format:
+        os.environ["TASKFLOW_LOG_FORMAT"] = args.log_format
+    try:
+        uvicorn.run(
+            "taskflow.cli:api_app_from_environment",
+            factory=True,
+            workers=processes,
+            **_uvicorn_options(args),
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def api_app_from_environment() -> Any:
+    """The app of one API child process (see ``_serve_api_processes``)."""
+    from taskflow.api import create_app
+    from taskflow.handlers import build_registry
+    from taskflow.log import setup_logging
+
+    settings = load_settings()
+    setup_logging("api", level=settings.log_level, log_format=settings.log_format)
+    return create_app(settings, build_registry(settings))
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -277,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="serve the REST API")
     api.add_argument("--host", default="0.0.0.0")
     api.add_argument("--port", type=int, default=8080)
+    api.add_argument(
+        "--processes", type=int, default=None, help="API processes (default: API_PROCESSES, 1)"
+    )
     api.set_defaults(func=cmd_api)
 
     scheduler = sub.add_parser("scheduler", help="promote due tasks, rescue leases")
@@ -333,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure throughput and latency on a private stack")
     bench.add_argument("--procs", type=int, default=None, help="worker processes (default 2)")
+    bench.add_argument("--api-processes", type=int, default=None, help="API processes (default 1)")
     bench.add_argument("--slots", type=int, default=None, help="slots per worker (default 8)")
     bench.add_argument("--drain", type=int, default=None, metavar="N", help="default 20000")
     bench.add_argument("--backlog", type=int, default=None, metavar="N", help="1000000; 0 skips")

@@ -95,6 +95,7 @@ class Settings(Tunables):
     mail_use_tls: bool = False
     secret_key: SecretStr | None = None
     num_workers: Annotated[int, Field(ge=1, le=1000)] = 3
+    api_processes: Annotated[int, Field(ge=1, le=64)] = 1
     base_file_path: Path = REPO_ROOT / ".state" / "files"
     plugins: tuple[str, ...] = ()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -182,6 +183,7 @@ _ENV_FIELDS = {
     "MAIL_USE_TLS": "mail_use_tls",
     "SECRET_KEY": "secret_key",
     "NUMOFWORKERS": "num_workers",
+    "API_PROCESSES": "api_processes",
     "BASE_FILE_PATH": "base_file_path",
     "TASKFLOW_LOG_LEVEL": "log_level",
     "TASKFLOW_LOG_FORMAT": "log_format",

@@ -58,6 +58,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "component": self.component,
+            "pid": record.process,
             "msg": _BEARER.sub(r"\1[redacted]", record.getMessage()),
         }
         for key, value in vars(record).items():

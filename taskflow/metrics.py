@@ -3,9 +3,16 @@
 The API serves them at ``/metrics``; workers and the scheduler serve them on
 ``--metrics-port`` when given. Queue depth and age are read from Postgres when
 scraped, so every process reports the same truth.
+
+An API run as several processes (``taskflow api --processes N``) shares one
+set of numbers: the parent sets ``PROMETHEUS_MULTIPROC_DIR`` before the
+children start, each child writes its values there, and whichever child
+answers a scrape adds them all up.
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,8 +21,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
     start_http_server,
 )
+
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -47,13 +57,18 @@ START_LATENCY_SECONDS = Histogram(
     registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge(
-    "taskflow_queue_depth", "Tasks per status, read at scrape time.", ["status"], registry=REGISTRY
+    "taskflow_queue_depth",
+    "Tasks per status, read at scrape time.",
+    ["status"],
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 OLDEST_AGE_SECONDS = Gauge(
     "taskflow_oldest_task_age_seconds",
     "Age of the oldest task per waiting status (by run_at), read at scrape time.",
     ["status"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 LEASES_RESCUED = Counter(
     "taskflow_leases_rescued_total",
@@ -85,6 +100,11 @@ HTTP_SECONDS = Histogram(
 
 
 def render() -> tuple[bytes, str]:
+    directory = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
+    if directory:
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=directory)
+        return generate_latest(combined), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 

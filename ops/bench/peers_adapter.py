@@ -77,8 +77,9 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
     def describe(self) -> str:
         return (
             f"{self.h.procs} procs x taskflow.worker.Worker(concurrency={self.h.slots}), uvloop, "
-            "RabbitMQ ids (prefetch = slots), batched claim/finish; producer: Enqueuer "
-            "(INSERT ... unnest, then publish with confirms), create_many per chunk"
+            "RabbitMQ ids (up to 32 per message, prefetch = slots messages), batched "
+            "claim (with claim-ahead)/finish; producer: Enqueuer (INSERT ... unnest, then "
+            "publish with confirms), create_many per chunk"
         )
 
     async def setup(self) -> None:

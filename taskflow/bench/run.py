@@ -118,6 +118,7 @@ SELECT_SERVER_VERSION = "SELECT current_setting('server_version')"
 class BenchOptions:
     procs: int = 2
     slots: int = 8
+    api_processes: int = 1
     drain: int = 20_000
     backlog: int = 1_000_000
     latency_samples: int = 500
@@ -141,6 +142,7 @@ class BenchOptions:
         options = cls(
             procs=pick("procs", 2, 2),
             slots=pick("slots", 8, 8),
+            api_processes=pick("api_processes", 1, 1),
             drain=pick("drain", 20_000, 2000),
             backlog=pick("backlog", 1_000_000, 0),
             latency_samples=pick("latency_samples", 500, 200),
@@ -151,7 +153,14 @@ class BenchOptions:
             json_path=Path(args.json) if getattr(args, "json", None) else None,
             keep_logs=bool(getattr(args, "keep_logs", False)),
         )
-        for name in ("procs", "slots", "drain", "latency_samples", "rest_requests"):
+        for name in (
+            "procs",
+            "slots",
+            "api_processes",
+            "drain",
+            "latency_samples",
+            "rest_requests",
+        ):
             if getattr(options, name) < 1:
                 raise SystemExit(f"taskflow bench: --{name.replace('_', '-')} must be >= 1")
         if options.backlog < 0:
@@ -265,7 +274,8 @@ class Bench:
         print(
             f"# taskflow bench: database {self.database} on {_server_label(self.dsn)}, "
             f"queue {self.queue}, {self.options.procs} worker processes x "
-            f"{self.options.slots} slots; logs in {self.logs}",
+            f"{self.options.slots} slots, {self.options.api_processes} API processes; "
+            f"logs in {self.logs}",
             flush=True,
         )
         await self.collector.start()
@@ -275,7 +285,14 @@ class Bench:
         await self._open_producer()
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
-        api = self.spawn("api", ["api", "--host", "127.0.0.1", "--port", str(port)])
+        api = self.spawn(
+            "api",
+            [
+                "api",
+                *("--host", "127.0.0.1", "--port", str(port)),
+                *("--processes", str(self.options.api_processes)),
+            ],
+        )
         scheduler = self.spawn("scheduler", ["scheduler"])
         await self._wait_ready(api)
         if not scheduler.alive():
@@ -869,7 +886,7 @@ def render_table(report: Report, options: BenchOptions) -> str:
     header = ("metric", "value", "unit", "detail")
     lines = [
         f"TaskFlow bench: {options.procs} worker processes x {options.slots} slots, "
-        f"bench_noop tasks",
+        f"{options.api_processes} API processes, bench_noop tasks",
         "",
         "| " + " | ".join(header) + " |",
         "|---|---:|---|---|",

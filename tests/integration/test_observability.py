@@ -8,6 +8,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 from quart.typing import TestClientProtocol as Client
 
 from taskflow.broker import Broker
@@ -19,7 +20,7 @@ from taskflow.scheduler import Scheduler
 from taskflow.store import NewTask, Store
 from taskflow.worker import Worker
 from tests.conftest import AMQP_URL, auth_headers, new_user, running, wait_until
-from tests.processes import Component, component_env, free_port
+from tests.processes import Component, component_env, free_port, wait_for_http
 
 
 def sample(name: str, **labels: str) -> float:
@@ -155,3 +156,51 @@ async def test_request_logs_carry_request_id_and_no_token(client: Client, caplog
     token = headers["Authorization"].split()[1]
     assert token not in caplog.text
     assert "secret-password" not in caplog.text
+
+
+async def test_an_api_of_several_processes_serves_one_set_of_metrics(
+    database: str, queue_name: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = component_env(tmp_path, database, queue=queue_name, TASKFLOW_LOG_FORMAT="json")
+    api = Component(
+        "api",
+        ["api", "--host", "127.0.0.1", "--port", str(port), "--processes", "2"],
+        env,
+        tmp_path / "logs",
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.to_thread(wait_for_http, f"{base}/readyz", 30)
+        children = Path(f"/proc/{api.pid}/task/{api.pid}/children").read_text().split()
+        servers = [
+            pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(servers) == 2
+        limits = httpx.Limits(max_connections=40, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=20) as http:
+            user = {"email": "multi@example.com", "password": "correct horse battery"}
+            assert (await http.post("/api/register", json=user)).status_code == 201
+            token = (await http.post("/api/login", json=user)).json()["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
+
+            async def create(n: int) -> int:
+                body = {"type": "test_noop", "payload": {"n": n}}
+                return (await http.post("/api/tasks", json=body, headers=headers)).status_code
+
+            for _ in range(4):  # fresh connections, accepted by either process
+                assert await asyncio.gather(*(create(n) for n in range(20))) == [201] * 20
+            # Whichever process answers a scrape counts the requests of both.
+            for _ in range(6):
+                text = (await http.get("/metrics")).text
+                line = 'taskflow_http_requests_total{method="POST",route="/api/tasks",status="201"}'
+                assert scraped(text, line) == 80
+                assert scraped(text, 'taskflow_queue_depth{status="queued"}') == 80
+    finally:
+        assert api.terminate() == 0
+    served_by = {
+        entry["pid"]
+        for entry in map(json.loads, api.output().splitlines())
+        if entry.get("event") == "http_request" and entry.get("route") == "/api/tasks"
+    }
+    assert served_by == {int(pid) for pid in servers}
