@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
-class Batcher(Generic[T]):
+class Batcher(Generic[T, R]):
     """Collects items and runs them in one call: while a call is in flight new
     items wait, so batches grow exactly as fast as the other side is slow, and
     a lone item waits for nothing but one turn of the event loop.
 
     Each ``submit`` returns a future that ends with the call that carried its
-    item: done, or failed with that call's exception. ``run`` is the loop that
-    makes the calls; its owner starts it and cancels it once nothing is pending.
+    item: with the item's result (``flush`` returns one per item, in order, or
+    None for none), or failed with that call's exception. ``run`` is the loop
+    that makes the calls; its owner starts it and cancels it once nothing is
+    pending.
     """
 
-    flush: Callable[[list[T]], Awaitable[None]]
-    pending: list[tuple[T, asyncio.Future[None]]] = field(default_factory=list)
+    flush: Callable[[list[T]], Awaitable[Sequence[R] | None]]
+    pending: list[tuple[T, asyncio.Future[R | None]]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def submit(self, item: T) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def submit(self, item: T) -> asyncio.Future[R | None]:
+        future: asyncio.Future[R | None] = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
         self.wake.set()
         return future
@@ -42,12 +45,12 @@ class Batcher(Generic[T]):
             if not batch:
                 continue
             try:
-                await self.flush([item for item, _ in batch])
+                results = await self.flush([item for item, _ in batch])
             except Exception as exc:  # handed to each waiter, which decides
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
             else:
-                for _, future in batch:
+                for index, (_, future) in enumerate(batch):
                     if not future.done():
-                        future.set_result(None)
+                        future.set_result(None if results is None else results[index])

@@ -81,7 +81,7 @@ class Broker:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         # Concurrent publishers share messages and confirms (group commit).
-        self._publisher: Batcher[list[UUID]] = Batcher(self._publish_now)
+        self._publisher: Batcher[list[UUID], None] = Batcher(self._publish_now)
         self._publisher_task: asyncio.Task[None] | None = None
 
     # ----- lifecycle

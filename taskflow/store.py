@@ -235,6 +235,17 @@ FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[], $7::
 ORDER BY t.position
 RETURNING {TASK_COLUMNS}
 """
+# Single creates of many requests at once, in one statement (group commit).
+INSERT_TASKS_OF_USERS = f"""
+INSERT INTO tasks (id, user_id, type, payload, status, priority, max_retries, run_at)
+SELECT t.id, t.user_id, t.type, t.payload,
+       CASE WHEN t.run_at > now() THEN 'postponed' ELSE 'queued' END::task_status,
+       t.priority, t.max_retries, coalesce(t.run_at, now())
+FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[],
+            $7::timestamptz[])
+     AS t(id, user_id, type, payload, priority, max_retries, run_at)
+RETURNING {TASK_COLUMNS}
+"""
 SELECT_OWN_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 AND user_id = $2"
 # Newest first, keyset-paged on (created_at, id) so a page is one index range.
 SELECT_OWN_TASKS = f"""
@@ -592,6 +603,22 @@ class Store:
             )
         except asyncpg.ForeignKeyViolationError as exc:
             raise ValidationFailed("the user of this token no longer exists") from exc
+
+    async def insert_tasks_of_users(self, items: Sequence[tuple[int, NewTask]]) -> list[Record]:
+        """Tasks of several users in one statement: all or nothing, and the
+        rows come back in the order of ``items``."""
+        rows = await self.pool.fetch(
+            INSERT_TASKS_OF_USERS,
+            [task.id for _, task in items],
+            [user_id for user_id, _ in items],
+            [task.type for _, task in items],
+            [task.payload for _, task in items],
+            [task.priority for _, task in items],
+            [task.max_retries for _, task in items],
+            [task.run_at for _, task in items],
+        )
+        by_id = {row["id"]: row for row in rows}
+        return [by_id[task.id] for _, task in items]
 
     async def select_own_task(self, task_id: UUID, user_id: int) -> Record | None:
         return await self.pool.fetchrow(SELECT_OWN_TASK, task_id, user_id)

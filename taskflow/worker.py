@@ -126,7 +126,7 @@ class Worker:
         self._ready: collections.deque[tuple[Record, Running]] = collections.deque()
         self._claim_ahead_seconds = settings.worker_claim_ahead_ms / 1000
         self._handler_seconds: float | None = None  # moving average
-        self._finisher = Batcher(self._flush_outcomes)
+        self._finisher: Batcher[Outcome, None] = Batcher(self._flush_outcomes)
         self.completed = 0
 
     # ----- lifecycle

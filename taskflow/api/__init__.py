@@ -70,8 +70,11 @@ def create_app(settings: Settings, registry: Registry) -> Quart:
             registry,
             api_state.broker,
             reject_past_run_at=settings.reject_past_run_at,
+            group_inserts=True,
         )
+        api_state.enqueuer.start()
         yield
+        await api_state.enqueuer.close()
         if api_state.broker is not None:
             await api_state.broker.close()
         await api_state.store.close()

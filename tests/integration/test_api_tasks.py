@@ -4,6 +4,7 @@ RabbitMQ message each queued task gets."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,10 +16,12 @@ from quart.typing import TestClientProtocol as Client
 
 from taskflow.api import create_app
 from taskflow.config import Settings
+from taskflow.enqueue import Enqueuer
+from taskflow.errors import ValidationFailed
 from taskflow.handlers import Registry
-from taskflow.models import TaskStatus
+from taskflow.models import TaskCreate, TaskStatus
 from taskflow.store import Outcome, Store
-from tests.conftest import auth_headers, make_settings
+from tests.conftest import auth_headers, make_settings, new_user
 from tests.integration.api_helpers import (
     EMAIL_TASK,
     FUTURE,
@@ -487,6 +490,59 @@ async def test_idempotency_key_replays_the_same_task(
 
 
 # ----- batch -------------------------------------------------------------------------
+
+
+async def test_concurrent_creates_share_a_commit_and_each_gets_its_own_task(
+    client: Client, store: Store, settings: Settings
+) -> None:
+    headers = await auth_headers(client)
+    other = await auth_headers(client, "other@example.com")
+
+    async def create(n: int) -> dict[str, Any]:
+        response = await client.post(
+            "/api/tasks",
+            json={**EMAIL_TASK, "payload": {**EMAIL_TASK["payload"], "subject": f"s{n}"}},
+            headers=other if n % 2 else headers,
+        )
+        assert response.status_code == 201, await response.get_data()
+        return dict(await response.get_json())
+
+    tasks = await asyncio.gather(*(create(n) for n in range(24)))
+    rows = await store.pool.fetch(
+        "SELECT id, user_id, payload->>'subject' AS subject, xmin::text AS tx FROM tasks"
+    )
+    assert len(rows) == 24
+    by_id = {str(row["id"]): row for row in rows}
+    for n, task in enumerate(tasks):
+        assert by_id[task["id"]]["subject"] == f"s{n}"  # each answer is its own row
+    assert len({row["user_id"] for row in rows}) == 2
+    # Requests that arrived together were written by one transaction.
+    assert len({row["tx"] for row in rows}) < 24
+    created = await store.pool.fetchval("SELECT count(*) FROM task_history WHERE event = 'created'")
+    assert created == 24
+    assert sorted(await drain_queue(settings.amqp_queue)) == sorted(by_id)
+
+
+async def test_a_bad_item_in_a_shared_insert_fails_only_its_own_request(
+    store: Store, settings: Settings, registry: Registry
+) -> None:
+    user_id = await new_user(store)
+    queue = Enqueuer(store, registry, None, group_inserts=True)
+    queue.start()
+    try:
+        request = TaskCreate(type="send_email", payload=EMAIL_TASK["payload"])
+        good, gone = await asyncio.gather(
+            queue.create(user_id, request),
+            queue.create(user_id + 1000, request),  # no such user: a foreign key violation
+            return_exceptions=True,
+        )
+    finally:
+        await queue.close()
+    assert isinstance(gone, ValidationFailed)
+    assert not isinstance(good, BaseException)
+    row, created = good
+    assert created
+    assert await store.pool.fetchval("SELECT array_agg(id) FROM tasks") == [row["id"]]
 
 
 async def test_batch_creates_every_task_in_order(
