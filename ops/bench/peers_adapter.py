@@ -129,10 +129,12 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
     def worker_main(cls, rep: Any, slots: int) -> None:
         import uvloop
 
+        from taskflow.cli import tune_gc
         from taskflow.worker import Worker
 
         settings = _settings(cls.pg_db)
         worker = Worker(settings, _registry(rep), concurrency=slots)
+        tune_gc()  # as `taskflow worker` does
 
         async def main() -> None:
             stop = asyncio.Event()
