@@ -37,6 +37,7 @@ import os
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,7 @@ class BenchOptions:
     pyspy_seconds: float = 0.0
     json_path: Path | None = None
     keep_logs: bool = False
+    repeat: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BenchOptions:
@@ -152,6 +154,7 @@ class BenchOptions:
             pyspy_seconds=pick("pyspy", 0.0, 0.0),
             json_path=Path(args.json) if getattr(args, "json", None) else None,
             keep_logs=bool(getattr(args, "keep_logs", False)),
+            repeat=pick("repeat", 1, 1),
         )
         for name in (
             "procs",
@@ -160,6 +163,7 @@ class BenchOptions:
             "drain",
             "latency_samples",
             "rest_requests",
+            "repeat",
         ):
             if getattr(options, name) < 1:
                 raise SystemExit(f"taskflow bench: --{name.replace('_', '-')} must be >= 1")
@@ -186,9 +190,11 @@ class Report:
     details: dict[str, Any] = field(default_factory=dict)
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    labels: dict[str, tuple[str, str]] = field(default_factory=dict)  # key: (label, unit)
 
     def add(self, key: str, label: str, value: float, unit: str, detail: str = "") -> None:
         self.metrics[key] = value
+        self.labels[key] = (label, unit)
         shown = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
         self.rows.append((label, shown, unit, detail))
         print(f"  {label}: {shown} {unit}  {detail}", flush=True)
@@ -932,18 +938,66 @@ def _run_loop(main: Callable[[], Awaitable[Report]]) -> Report:
     return uvloop.run(guarded())
 
 
+def render_summary(reports: list[Report], options: BenchOptions) -> str:
+    """Every metric's median over the runs, with the range: one run is one
+    sample of a machine whose neighbours and disks are never quite idle."""
+    lines = [
+        f"TaskFlow bench, median of {len(reports)} runs: {options.procs} worker processes x "
+        f"{options.slots} slots, {options.api_processes} API processes, bench_noop tasks",
+        "",
+        "| metric | median | unit | min - max |",
+        "|---|---:|---|---|",
+    ]
+    labels: dict[str, tuple[str, str]] = {}
+    for report in reports:
+        labels.update(report.labels)
+
+    def shown(value: float) -> str:
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+    for key in dict.fromkeys(key for report in reports for key in report.metrics):
+        values = sorted(r.metrics[key] for r in reports if key in r.metrics)
+        label, unit = labels.get(key, (key, "ms" if key.endswith("_ms") else ""))
+        lines.append(
+            f"| {label} | {shown(statistics.median(values))} | {unit} "
+            f"| {shown(values[0])} - {shown(values[-1])} |"
+        )
+    failures = [failure for report in reports for failure in report.failures]
+    if failures:
+        lines += ["", "FAILURES:", *(f"- {failure}" for failure in failures)]
+    return "\n".join(lines)
+
+
 def main(settings: Settings, args: argparse.Namespace) -> int:
     options = BenchOptions.from_args(args)
     # The bench's own broker and pool log their routine events at INFO; the
     # results table should not be interleaved with them.
     logging.getLogger("taskflow").setLevel(logging.WARNING)
+    reports: list[Report] = []
+    for run in range(1, options.repeat + 1):
+        if options.repeat > 1:
+            print(f"# run {run} of {options.repeat}", flush=True)
+        code, report = _run_once(settings, options)
+        if code != 0:
+            return code
+        reports.append(report)
+    if options.repeat > 1:
+        print()
+        print(render_summary(reports, options), flush=True)
+        if options.json_path is not None:
+            document = {"runs": [asdict(report) for report in reports]}
+            options.json_path.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    return 0
+
+
+def _run_once(settings: Settings, options: BenchOptions) -> tuple[int, Report]:
     bench = Bench(settings, options)
     failed = False
     try:
         report = _run_loop(bench.run)
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("taskflow bench: interrupted; the stack was cleaned up", file=sys.stderr)
-        return 130
+        return 130, bench.report
     except Exception as exc:
         print(f"taskflow bench: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"taskflow bench: logs kept in {bench.logs}", file=sys.stderr)
@@ -952,7 +1006,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         failed = True
     print()
     print(render_table(report, options), flush=True)
-    if options.json_path is not None:
+    if options.json_path is not None and options.repeat == 1:
         document = {
             "metrics": report.metrics,
             "details": report.details,
@@ -969,4 +1023,4 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         print(f"# logs: {bench.logs}", flush=True)
     else:
         shutil.rmtree(bench.logs, ignore_errors=True)
-    return 1 if failed or report.failures else 0
+    return (1 if failed or report.failures else 0), report
