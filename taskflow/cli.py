@@ -86,14 +86,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def tune_gc() -> None:
     """A service allocates many short-lived objects per request or task, and
-    CPython's default first-generation threshold (700) then runs a collection
-    every few requests. The modules and settings loaded so far live as long as
-    the process: freeze them out of every collection, and collect young
-    objects less often."""
+    CPython's default first-generation threshold (700 allocations) then runs
+    a collection every few requests: collect young objects less often.
+    (Freezing the start-up heap as well helped the API a little more in some
+    runs but made forked bench workers start tasks ~5 ms later; not done.)"""
     import gc
 
-    gc.collect()
-    gc.freeze()
     gc.set_threshold(50_000, 20, 20)
 
 
