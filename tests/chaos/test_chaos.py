@@ -70,8 +70,25 @@ def executions(marks: Path) -> dict[UUID, list[dict[str, Any]]]:
     return runs
 
 
+@pytest.mark.parametrize(
+    ("count", "seconds", "kill_every", "kill_for"),
+    [
+        # Long handlers: kills land in the middle of running tasks.
+        pytest.param(60, (0.3, 1.5), (0.7, 1.3), 8.0, id="long-tasks"),
+        # Millisecond handlers: workers claim ahead of their slots, so kills
+        # also land on tasks claimed but not yet started.
+        pytest.param(4000, (0.001, 0.004), (0.4, 0.8), 5.0, id="short-tasks-claimed-ahead"),
+    ],
+)
 async def test_sigkill_workers_mid_task(
-    store: Store, database: str, queue_name: str, tmp_path: Path
+    store: Store,
+    database: str,
+    queue_name: str,
+    tmp_path: Path,
+    count: int,
+    seconds: tuple[float, float],
+    kill_every: tuple[float, float],
+    kill_for: float,
 ) -> None:
     user_id = await new_user(store)
     marks = tmp_path / "marks"
@@ -83,12 +100,12 @@ async def test_sigkill_workers_mid_task(
         NewTask(
             new_task_id(),
             "test_sleep",
-            {"seconds": round(rng.uniform(0.3, 1.5), 2), "marks": str(marks)},
+            {"seconds": round(rng.uniform(*seconds), 3), "marks": str(marks)},
             0,
             10,
             None,
         )
-        for _ in range(60)
+        for _ in range(count)
     ]
     scheduler = Component("scheduler", ["scheduler"], env, logs)
     workers = [
@@ -99,9 +116,9 @@ async def test_sigkill_workers_mid_task(
         await store.insert_tasks(user_id, tasks)
         await publish(queue_name, [task.id for task in tasks])
         generation = len(workers)
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + kill_for
         while time.monotonic() < deadline:
-            await asyncio.sleep(rng.uniform(0.7, 1.3))
+            await asyncio.sleep(rng.uniform(*kill_every))
             victim = rng.choice([w for w in workers if w.alive()])
             victim.kill()
             killed_at[victim.pid] = time.time()
@@ -121,7 +138,7 @@ async def test_sigkill_workers_mid_task(
             if component.alive():
                 component.terminate()
 
-    assert len(killed_at) >= 6
+    assert len(killed_at) >= 5
     # Done exactly once each, by the database's own record.
     completed = await store.pool.fetch(
         "SELECT task_id, count(*) AS n FROM task_history WHERE event = 'completed' GROUP BY 1"
@@ -140,7 +157,8 @@ async def test_sigkill_workers_mid_task(
             assert stopped is not None, f"{task_id}: run by {before['pid']} never stopped"
             assert stopped <= after["start"], f"{task_id}: overlapping runs {before} {after}"
         interrupted += sum(1 for run in task_runs if run["end"] is None)
-    assert interrupted >= 3, "the kills should have interrupted running tasks"
+    if count <= 100:
+        assert interrupted >= 3, "the kills should have interrupted running tasks"
 
     # Each claim is released (rescued after a lost worker) before the next one.
     history = await store.pool.fetch(
@@ -150,6 +168,7 @@ async def test_sigkill_workers_mid_task(
     for row in history:
         by_task[row["task_id"]].append(row)
     rescued = 0
+    rescued_unstarted = 0
     delays: list[float] = []
     for task_id, events in by_task.items():
         holding = None
@@ -161,6 +180,10 @@ async def test_sigkill_workers_mid_task(
                 holding = None
             if event["event"] == "lease_expired":
                 rescued += 1
+                started = {(run["pid"], run["attempt"]) for run in runs[task_id]}
+                attempt = sum(1 for e in events[: events.index(event)] if e["event"] == "claimed")
+                if (int(event["worker_id"].split(":")[1]), attempt) not in started:
+                    rescued_unstarted += 1
                 pid = int(event["worker_id"].split(":")[1])
                 assert pid in killed_at, f"rescued from a worker that was not killed: {event}"
                 delay = event["at"].timestamp() - killed_at[pid]
@@ -168,6 +191,9 @@ async def test_sigkill_workers_mid_task(
                 # The lease may have been extended just before the kill.
                 assert delay <= LEASE_SECONDS + TICK_SECONDS + 1.0, (task_id, delay)
     assert rescued >= interrupted
+    if count > 100:
+        # Tasks claimed ahead and lost with their worker before they started.
+        assert rescued_unstarted >= 1, (rescued, interrupted)
     # Shown with -s: the observed SIGKILL -> rescue times.
     print(
         f"\nrescued {rescued} tasks from {len(killed_at)} killed workers; "
