@@ -34,6 +34,13 @@ class Batcher(Generic[T, R]):
         self.wake.set()
         return future
 
+    def fail_pending(self, exc: BaseException) -> None:
+        """End every waiting submit with ``exc``: its owner stopped ``run``."""
+        batch, self.pending = self.pending, []
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
+
     async def run(self) -> None:
         while True:  # ends by cancellation
             await self.wake.wait()

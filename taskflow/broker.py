@@ -106,10 +106,7 @@ class Broker:
         if self._publisher_task is not None:
             self._publisher_task.cancel()
             await asyncio.gather(self._publisher_task, return_exceptions=True)
-        for _, waiter in self._publisher.pending:
-            if not waiter.done():
-                waiter.set_exception(ConnectionError("the broker connection was closed"))
-        self._publisher.pending.clear()
+        self._publisher.fail_pending(ConnectionError("the broker connection was closed"))
 
     async def stop_consuming(self) -> None:
         """Stop taking new deliveries; unacked ones go back to the queue on close."""

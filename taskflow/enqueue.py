@@ -114,10 +114,7 @@ class Enqueuer:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if self._inserter is not None:
-            for _, waiter in self._inserter.pending:
-                if not waiter.done():
-                    waiter.set_exception(ConnectionError("the enqueuer was closed"))
-            self._inserter.pending.clear()
+            self._inserter.fail_pending(ConnectionError("the enqueuer was closed"))
 
     def validate(self, request: TaskCreate, *, prefix: str = "") -> NewTask:
         """Check the type, payload and run_at; raise ValidationFailed with field paths."""

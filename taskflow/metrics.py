@@ -103,7 +103,7 @@ def render() -> tuple[bytes, str]:
     directory = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
     if directory:
         combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined, path=directory)
+        multiprocess.MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
         return generate_latest(combined), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
