@@ -368,7 +368,10 @@ def test_filter_page_and_retry(page: Any) -> None:
         ]
     }
     created = api_as(page, token, "POST", "/api/tasks/batch", data=batch).json()
-    for task in created[:2]:
+    # One batch shares one created_at, so the list orders it by id (newest
+    # first): the two highest ids are on the first page whatever the filter.
+    first_page = sorted(created, key=lambda task: task["id"], reverse=True)
+    for task in first_page[:2]:
         assert api_as(page, token, "POST", f"/api/tasks/{task['id']}/cancel").status == 200
     page.reload()  # the batch came in through the API; start from a fresh page
     body = page.locator("#tasks-table tbody tr")
@@ -389,7 +392,7 @@ def test_filter_page_and_retry(page: Any) -> None:
     expect(body).to_have_count(2)
 
     # Retry a cancelled task: it runs at once, and the row follows it live.
-    retried = created[0]["id"]
+    retried = first_page[0]["id"]
     mark_document(page)
     row(page, retried).locator('[data-action="retry"]').click()
     page.select_option("#filter-status", "")
