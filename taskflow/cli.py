@@ -127,12 +127,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     if processes > 1:
         return _serve_api_processes(args, processes)
 
-    from taskflow.api import create_app
-    from taskflow.handlers import build_registry
-
-    app = create_app(settings, build_registry(settings))
-    tune_gc()
-    server = uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(args)))
+    server = uvicorn.Server(uvicorn.Config(_api_app(settings), **_uvicorn_options(args)))
     server.run()
     return 0
 
@@ -167,12 +162,17 @@ def _serve_api_processes(args: argparse.Namespace, processes: int) -> int:
 
 def api_app_from_environment() -> Any:
     """The app of one API child process (see ``_serve_api_processes``)."""
-    from taskflow.api import create_app
-    from taskflow.handlers import build_registry
     from taskflow.log import setup_logging
 
     settings = load_settings()
     setup_logging("api", level=settings.log_level, log_format=settings.log_format)
+    return _api_app(settings)
+
+
+def _api_app(settings: Settings) -> Any:
+    from taskflow.api import create_app
+    from taskflow.handlers import build_registry
+
     app = create_app(settings, build_registry(settings))
     tune_gc()
     return app

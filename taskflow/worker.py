@@ -11,7 +11,7 @@ The flow for one task:
    may carry several ids) is acked once the claims of all its ids have
    committed, never before: from then on the leases, not the message, keep
    the tasks safe. Ids are claimed into free slots, plus a few more while
-   handlers are short (see ``claim_ahead``); the other ids waiting for a slot
+   handlers are short (see ``claim_capacity``); the other ids waiting for a slot
    stay queued in Postgres, so a worker that idles while another holds a
    backlog of ids takes the oldest queued rows itself (see ``_db_loop``).
 3. The handler runs under its timeout; a heartbeat extends the lease.

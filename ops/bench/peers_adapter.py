@@ -75,10 +75,11 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
     pg_db = "bench_taskflow"
 
     def describe(self) -> str:
+        ids_per_message = _settings(self.pg_db).ids_per_message
         return (
             f"{self.h.procs} procs x taskflow.worker.Worker(concurrency={self.h.slots}), uvloop, "
-            "RabbitMQ ids (up to 32 per message, prefetch = slots messages), batched "
-            "claim (with claim-ahead)/finish; producer: Enqueuer (INSERT ... unnest, then "
+            f"RabbitMQ ids (up to {ids_per_message} per message, prefetch = slots messages), "
+            "batched claim (with claim-ahead)/finish; producer: Enqueuer (INSERT ... unnest, then "
             "publish with confirms), create_many per chunk"
         )
 
