@@ -44,8 +44,17 @@ def _mark(directory: str | None, ctx: TaskContext, line: str) -> None:
     if directory is None:
         return
     path = Path(directory) / f"{ctx.task_id}.{ctx.attempt}.{os.getpid()}"
+    text = f"{line} {time.time():.6f}\n"
+    if line == "start":
+        # Chaos tests SIGKILL workers at any instant; a kill between creating
+        # the file and writing it would leave a run with no start time. The
+        # rename makes the mark appear whole or not at all.
+        partial = path.with_name(f".{path.name}")
+        partial.write_text(text)
+        os.replace(partial, path)
+        return
     with path.open("a") as handle:
-        handle.write(f"{line} {time.time():.6f}\n")
+        handle.write(text)
 
 
 async def noop(payload: NoopPayload, ctx: TaskContext) -> dict[str, Any]:

@@ -55,6 +55,8 @@ def executions(marks: Path) -> dict[UUID, list[dict[str, Any]]]:
     """Per task, each handler run: pid, attempt, start, and end if it finished."""
     runs: dict[UUID, list[dict[str, Any]]] = defaultdict(list)
     for path in marks.iterdir():
+        if path.name.startswith("."):  # a start mark its process died writing
+            continue
         task, attempt, pid = path.name.split(".")
         lines = dict(line.split() for line in path.read_text().splitlines())
         runs[UUID(task)].append(
