@@ -35,7 +35,11 @@ class Tunables(BaseModel):
     retry_backoff_base_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 2000
     retry_backoff_max_ms: Annotated[int, Field(ge=1, le=7 * 86_400_000)] = 600_000
     task_timeout_seconds: dict[str, PositiveSeconds] = Field(
-        default_factory=lambda: {"send_email": 60, "process_image": 120, "download_files": 300}
+        default_factory=lambda: {
+            "send_email": 60.0,
+            "process_image": 120.0,
+            "download_files": 300.0,
+        }
     )
     default_task_timeout_seconds: PositiveSeconds = 300
     download_allow_private: bool = False

@@ -44,7 +44,7 @@ TASK_COLUMNS = """
 """
 
 # Errors that mean "the database is not there right now", as opposed to a bug.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.exceptions.CannotConnectNowError,
@@ -786,7 +786,10 @@ class Store:
 
 
 async def _name_change(
-    connection: asyncpg.Connection, *, actor: str, event: str | None = None
+    connection: asyncpg.Connection[Record] | asyncpg.pool.PoolConnectionProxy[Record],
+    *,
+    actor: str,
+    event: str | None = None,
 ) -> None:
     """Tell the history trigger who makes this transaction's changes."""
     await connection.execute(
@@ -842,8 +845,8 @@ class Listener:
                 # Anything may have happened while we were deaf: let the owner look.
                 self.callback("reconnected", "")
 
-    def _on_notify(self, _connection: Any, _pid: int, channel: str, payload: str) -> None:
-        self.callback(channel, payload)
+    def _on_notify(self, _connection: Any, _pid: int, channel: str, payload: object, /) -> None:
+        self.callback(channel, str(payload))
 
 
 async def create_database_if_missing(dsn: str) -> bool:

@@ -50,7 +50,7 @@ HTTP_MESSAGES = {
 def status_for(error: TaskFlowError) -> int:
     for cls in type(error).__mro__:
         if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]  # type: ignore[index]
+            return STATUS_BY_ERROR[cls]
     return 500
 
 

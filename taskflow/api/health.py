@@ -13,6 +13,9 @@ from taskflow.store import CONNECTION_ERRORS
 
 blueprint = Blueprint("health", __name__)
 
+# Postgres is unreachable, or the app has no store yet (started without one).
+POSTGRES_DOWN: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, AssertionError)
+
 
 @blueprint.get("/healthz")
 async def healthz() -> Response:
@@ -41,7 +44,7 @@ async def readyz() -> Response:
         assert api.store is not None
         await asyncio.wait_for(api.store.ready(), 2)
         checks["postgres"] = "ok"
-    except (*CONNECTION_ERRORS, AssertionError) as exc:
+    except POSTGRES_DOWN as exc:
         checks["postgres"] = f"unavailable: {type(exc).__name__}"
     if api.settings.broker_enabled:
         connected = api.broker is not None and api.broker.connected.is_set()

@@ -123,7 +123,7 @@ def build_document(registry: Registry) -> dict[str, Any]:
         "required": True,
         "schema": {"type": "string", "format": "uuid"},
     }
-    secured = [{"bearer": []}]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
     common = {"401": _error("missing, invalid or expired token")}
     not_found = {"400": _error("malformed id"), "404": _error("no such task (or not yours)")}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -87,7 +87,7 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._types
 
-    def __iter__(self) -> Iterable[TaskType]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[TaskType]:
         return iter(self._types[name] for name in self.names())
 
     def timeout_for(self, name: str, settings: Settings) -> float:
