@@ -395,37 +395,11 @@ RETURNING t.id
 """
 # A lapsed lease means the worker died, hung or lost Postgres. The attempt
 # counts; the task retries at once, unless it is out of retries or its handler
-# keeps killing workers (quarantine after max_lease_crashes).
+# keeps killing workers (quarantine after max_lease_crashes). The rule is one
+# SQL function (ops/sql/14_requeue_stuck.sql), shared with the operators'
+# taskflow_requeue_stuck().
 RESCUE_EXPIRED_LEASES = """
-WITH expired AS (
-    SELECT id FROM tasks
-    WHERE status = 'processing' AND lease_expires_at < now()
-    ORDER BY lease_expires_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), decided AS (
-    SELECT t.id,
-           t.attempts > t.max_retries AS out_of_retries,
-           t.lease_crashes + 1 >= $2 AS quarantined
-    FROM tasks t JOIN expired USING (id)
-)
-UPDATE tasks t SET
-    status = CASE WHEN d.out_of_retries OR d.quarantined
-                  THEN 'failed' ELSE 'retrying' END::task_status,
-    finished_at = CASE WHEN d.out_of_retries OR d.quarantined THEN now() END,
-    lease_crashes = t.lease_crashes + 1,
-    run_at = now(),
-    last_error = format('worker %s lost: lease expired at %s', t.worker_id,
-                        to_char(t.lease_expires_at AT TIME ZONE 'UTC',
-                                'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
-        || CASE WHEN d.quarantined AND NOT d.out_of_retries
-                THEN format('; quarantined after %s attempts ended with a lost worker',
-                            t.lease_crashes + 1)
-                ELSE '' END,
-    lease_expires_at = NULL,
-    updated_at = now()
-FROM decided d WHERE t.id = d.id
-RETURNING t.id, t.status, t.worker_id
+SELECT id, status, worker_id FROM taskflow_rescue_expired_leases($1, $2)
 """
 # Touching updated_at marks the row as republished, so the next tick skips it.
 REPUBLISH_STALE_QUEUED = """

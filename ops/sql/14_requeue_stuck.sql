@@ -1,5 +1,6 @@
 -- Rescue every task stuck in `processing` past its lease (see taskflow_stuck),
--- exactly as the scheduler's rescuer does: the lost attempt counts; the task is
+-- exactly as the scheduler's rescuer does, because both call the one rule,
+-- taskflow_rescue_expired_leases: the lost attempt counts; the task is
 -- retrying and due at once, or failed when it is out of retries or its handler
 -- has now lost max_lease_crashes workers (quarantine; the engine's default is
 -- 3, pass the deployment's value if it differs). Returns how many tasks it
@@ -12,26 +13,25 @@
 --
 --   SELECT taskflow_requeue_stuck();
 --   SELECT taskflow_requeue_stuck(max_lease_crashes => 5);
-CREATE OR REPLACE FUNCTION taskflow_requeue_stuck(max_lease_crashes integer DEFAULT 3)
-RETURNS integer
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    previous_actor text := coalesce(current_setting('taskflow.actor', true), '');
-    previous_event text := coalesce(current_setting('taskflow.event', true), '');
-    moved integer;
-BEGIN
-    PERFORM set_config('taskflow.actor', 'ops:' || current_user, true);
-    PERFORM set_config('taskflow.event', 'lease_expired', true);
-    -- The same decision and the same last_error as store.RESCUE_EXPIRED_LEASES.
+
+-- The rule, written once. The caller names the actor and event for history
+-- (set_config 'taskflow.actor' / 'taskflow.event'); batch_limit NULL takes all.
+CREATE OR REPLACE FUNCTION taskflow_rescue_expired_leases(
+    batch_limit integer, max_lease_crashes integer
+)
+RETURNS TABLE (id uuid, status task_status, worker_id text)
+LANGUAGE sql VOLATILE AS $$
     WITH expired AS (
         SELECT e.id FROM tasks e
         WHERE e.status = 'processing' AND e.lease_expires_at < now()
         ORDER BY e.lease_expires_at
+        LIMIT taskflow_rescue_expired_leases.batch_limit
         FOR UPDATE SKIP LOCKED
     ), decided AS (
         SELECT d.id,
                d.attempts > d.max_retries AS out_of_retries,
-               d.lease_crashes + 1 >= taskflow_requeue_stuck.max_lease_crashes AS quarantined
+               d.lease_crashes + 1 >= taskflow_rescue_expired_leases.max_lease_crashes
+                   AS quarantined
         FROM tasks d JOIN expired USING (id)
     )
     UPDATE tasks t SET
@@ -50,8 +50,24 @@ BEGIN
         lease_expires_at = NULL,
         updated_at = now()
     FROM decided d
-    WHERE t.id = d.id AND t.status = 'processing';
-    GET DIAGNOSTICS moved = ROW_COUNT;
+    WHERE t.id = d.id AND t.status = 'processing'
+    RETURNING t.id, t.status, t.worker_id
+$$;
+COMMENT ON FUNCTION taskflow_rescue_expired_leases(integer, integer) IS
+    'The lease rescue rule, shared by the scheduler and taskflow_requeue_stuck().';
+
+CREATE OR REPLACE FUNCTION taskflow_requeue_stuck(max_lease_crashes integer DEFAULT 3)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    previous_actor text := coalesce(current_setting('taskflow.actor', true), '');
+    previous_event text := coalesce(current_setting('taskflow.event', true), '');
+    moved integer;
+BEGIN
+    PERFORM set_config('taskflow.actor', 'ops:' || current_user, true);
+    PERFORM set_config('taskflow.event', 'lease_expired', true);
+    SELECT count(*) INTO moved
+    FROM taskflow_rescue_expired_leases(NULL, taskflow_requeue_stuck.max_lease_crashes);
     PERFORM set_config('taskflow.actor', previous_actor, true);
     PERFORM set_config('taskflow.event', previous_event, true);
     RETURN moved;

@@ -4,6 +4,7 @@ timeouts, cancellation, leases, the scheduler, and the no-broker path."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from collections import Counter
@@ -337,6 +338,28 @@ async def test_rescue_fails_a_task_out_of_retries_and_quarantines_crashers(
     assert row["finished_at"] is not None
 
 
+async def test_rescue_takes_at_most_its_batch_oldest_lease_first(
+    store: Store, user_id: int
+) -> None:
+    ids = list(await bulk_queued(store, user_id, 3))
+    await store.claim_queued_tasks(ids, "doomed-worker", 30)
+    for age, task_id in zip((3, 1, 2), ids, strict=True):
+        await store.pool.execute(
+            "UPDATE tasks SET lease_expires_at = now() - make_interval(secs => $2) WHERE id = $1",
+            task_id,
+            age,
+        )
+    first = await store.rescue_expired_leases(2, 3)
+    assert {row["id"] for row in first} == {ids[0], ids[2]}  # the two oldest leases
+    assert {(row["status"], row["worker_id"]) for row in first} == {("retrying", "doomed-worker")}
+    assert [row["id"] for row in await store.rescue_expired_leases(2, 3)] == [ids[1]]
+    assert await store.rescue_expired_leases(2, 3) == []
+    actors = await store.pool.fetch(
+        "SELECT DISTINCT actor FROM task_history WHERE event = 'lease_expired'"
+    )
+    assert [row["actor"] for row in actors] == ["scheduler"]
+
+
 async def test_heartbeat_keeps_a_long_task_alive(
     store: Store, fast: Settings, publisher: Broker, user_id: int
 ) -> None:
@@ -590,13 +613,55 @@ async def test_claim_and_promotion_use_their_indexes_with_100k_finished_rows(
         "claim stale": ("tasks_queued_idx", CLAIM_NEXT_TASKS, [10, "w", 30.0, 2.0]),
         "claim ids": ("tasks_pkey", CLAIM_QUEUED_TASKS, [[uuid.uuid4()], "w", 30.0]),
         "promote": ("tasks_due_idx", PROMOTE_DUE_TASKS, [100]),
-        "rescue": ("tasks_lease_idx", RESCUE_EXPIRED_LEASES, [100, 3]),
     }
     for name, (index, sql, args) in plans.items():
         # Plain EXPLAIN plans without executing, so nothing is claimed.
         plan = await store.pool.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
         assert index in str(plan), f"{name} does not use {index}: {plan}"
         assert "tasks" not in _seq_scans(plan), f"{name} scans tasks sequentially: {plan}"
+
+    # The rescue rule is a SQL function, which EXPLAIN does not look into:
+    # auto_explain reports the plans of the statements inside it instead.
+    plans_inside = await _nested_plans(store, RESCUE_EXPIRED_LEASES, [100, 3])
+    assert "tasks_lease_idx" in str(plans_inside), f"rescue does not use it: {plans_inside}"
+    assert "tasks" not in _seq_scans(plans_inside), f"rescue scans tasks: {plans_inside}"
+
+
+async def _nested_plans(store: Store, sql: str, args: list[Any]) -> list[Any]:
+    """The plans of the statements ``sql`` runs, from auto_explain, with its
+    changes rolled back."""
+    notices: list[Any] = []
+
+    def listener(_connection: Any, message: Any) -> None:
+        notices.append(message)
+
+    async with store.pool.acquire() as connection:
+        connection.add_log_listener(listener)
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            await connection.execute(
+                """
+                LOAD 'auto_explain';
+                SET LOCAL auto_explain.log_min_duration = 0;
+                SET LOCAL auto_explain.log_nested_statements = on;
+                SET LOCAL auto_explain.log_format = json;
+                SET LOCAL auto_explain.log_level = notice;
+                SET LOCAL client_min_messages = notice;
+                """
+            )
+            await connection.fetch(sql, *args)
+        finally:
+            await transaction.rollback()
+            await connection.execute("RESET client_min_messages")
+            connection.remove_log_listener(listener)
+    plans = []
+    for notice in notices:
+        text = notice.message
+        if "{" in text:
+            plans.append(json.loads(text[text.index("{") :]))
+    assert plans, "auto_explain reported no plans"
+    return plans
 
 
 def _seq_scans(plan: Any) -> str:
