@@ -93,7 +93,10 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
         settings = _settings(self.pg_db)
         dsn = settings.database_url.get_secret_value()
         await apply_migrations(dsn)
-        self.store = await Store.open(dsn, min_size=1, max_size=2, application_name="peers")
+        # It publishes the ids, so, as the API does, its inserts do not NOTIFY.
+        self.store = await Store.open(
+            dsn, min_size=1, max_size=2, application_name="peers", notify_queued=False
+        )
         # A task belongs to a user; the harness is that user.
         self.user_id = await self.store.insert_user("peers@example.com", "not-a-password-hash")
         self.broker = Broker(settings.amqp_url.get_secret_value(), QUEUE, name="peers-producer")

@@ -309,7 +309,12 @@ class Bench:
     async def _open_producer(self) -> None:
         """The bench's own pool, broker (connecting declares the queue) and Enqueuer."""
         self.store = await Store.open(
-            self.dsn, min_size=2, max_size=4, application_name="taskflow-bench", actor="bench"
+            self.dsn,
+            min_size=2,
+            max_size=4,
+            application_name="taskflow-bench",
+            actor="bench",
+            notify_queued=False,  # it publishes the ids, as the API does
         )
         self.broker = Broker(self.amqp_url, self.queue, name="taskflow-bench")
         self.broker.start()
@@ -323,7 +328,12 @@ class Bench:
         assert self.store is not None
         await self.store.close()
         self.store = await Store.open(
-            self.dsn, min_size=2, max_size=4, application_name="taskflow-bench", actor="bench"
+            self.dsn,
+            min_size=2,
+            max_size=4,
+            application_name="taskflow-bench",
+            actor="bench",
+            notify_queued=False,  # it publishes the ids, as the API does
         )
         assert self.broker is not None
         self.enqueuer = Enqueuer(self.store, self.registry, self.broker)
