@@ -25,8 +25,12 @@ from taskflow.scheduler import Scheduler
 from taskflow.store import (
     CLAIM_NEXT_TASKS,
     CLAIM_QUEUED_TASKS,
+    EXTEND_LEASES,
+    FINISH_PROCESSING_TASKS,
+    HAND_BACK_TASKS,
     PROMOTE_DUE_TASKS,
     RESCUE_EXPIRED_LEASES,
+    SAVE_TASK_PROGRESS,
     NewTask,
     Outcome,
     Store,
@@ -625,6 +629,43 @@ async def test_claim_and_promotion_use_their_indexes_with_100k_finished_rows(
     plans_inside = await _nested_plans(store, RESCUE_EXPIRED_LEASES, [100, 3])
     assert "tasks_lease_idx" in str(plans_inside), f"rescue does not use it: {plans_inside}"
     assert "tasks" not in _seq_scans(plans_inside), f"rescue scans tasks: {plans_inside}"
+
+
+async def test_statements_by_id_probe_the_primary_key_whatever_the_statistics(
+    store: Store, user_id: int
+) -> None:
+    """The worker's by-id statements must not read a churned partial index.
+
+    The statistics below say the queued and processing slices are empty, as
+    they do after an ANALYZE that saw none: a guard written as a plain
+    ``status = 'processing'`` then made the planner read all of
+    tasks_lease_idx (dead entries included) for every finish and heartbeat.
+    """
+    finished = await bulk_queued(store, user_id, 5000)
+    claimed = await store.claim_queued_tasks(finished, "w", 30)
+    await store.finish_processing_tasks(
+        [Outcome(row["id"], row["claim_token"], TaskStatus.DONE, None, False) for row in claimed]
+    )
+    await store.pool.execute("ANALYZE tasks")
+    fresh = await bulk_queued(store, user_id, 50)
+    held = await store.claim_queued_tasks(fresh[:25], "w", 30)
+    ids, tokens = [row["id"] for row in held], [row["claim_token"] for row in held]
+    n = len(held)
+    statements = {
+        "claim": (CLAIM_QUEUED_TASKS, [fresh[25:], "w", 30.0]),
+        "finish": (
+            FINISH_PROCESSING_TASKS,
+            [ids, tokens, ["done"] * n, [None] * n, [False] * n, [None] * n, [None] * n],
+        ),
+        "heartbeat": (EXTEND_LEASES, ["w", ids, tokens, 30.0]),
+        "hand back": (HAND_BACK_TASKS, [ids, tokens]),
+        "progress": (SAVE_TASK_PROGRESS, [ids[0], tokens[0], {"step": 1}]),
+    }
+    for name, (sql, args) in statements.items():
+        plan = str(await store.pool.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))
+        assert "tasks_pkey" in plan, f"{name} does not probe the primary key: {plan}"
+        for partial in ("tasks_queued_idx", "tasks_lease_idx"):
+            assert partial not in plan, f"{name} reads {partial}: {plan}"
 
 
 async def _nested_plans(store: Store, sql: str, args: list[Any]) -> list[Any]:
