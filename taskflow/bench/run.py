@@ -306,9 +306,8 @@ class Bench:
         await self._register_user()
         self.report.details["environment"] = await self._environment()
 
-    async def _open_producer(self) -> None:
-        """The bench's own pool, broker (connecting declares the queue) and Enqueuer."""
-        self.store = await Store.open(
+    async def _open_store(self) -> Store:
+        return await Store.open(
             self.dsn,
             min_size=2,
             max_size=4,
@@ -316,6 +315,10 @@ class Bench:
             actor="bench",
             notify_queued=False,  # it publishes the ids, as the API does
         )
+
+    async def _open_producer(self) -> None:
+        """The bench's own pool, broker (connecting declares the queue) and Enqueuer."""
+        self.store = await self._open_store()
         self.broker = Broker(self.amqp_url, self.queue, name="taskflow-bench")
         self.broker.start()
         if not await self.broker.wait_connected(10):
@@ -327,14 +330,7 @@ class Bench:
         the pool makes the bench's own inserts count before the counters are read."""
         assert self.store is not None
         await self.store.close()
-        self.store = await Store.open(
-            self.dsn,
-            min_size=2,
-            max_size=4,
-            application_name="taskflow-bench",
-            actor="bench",
-            notify_queued=False,  # it publishes the ids, as the API does
-        )
+        self.store = await self._open_store()
         assert self.broker is not None
         self.enqueuer = Enqueuer(self.store, self.registry, self.broker)
 
