@@ -55,8 +55,6 @@ class Broker:
         url: str,
         queue_name: str,
         *,
-        prefetch: int = 0,
-        on_delivery: Delivery | None = None,
         publish_timeout: float = 5.0,
         ids_per_message: int = DEFAULT_IDS_PER_MESSAGE,
         name: str = "taskflow",
@@ -66,8 +64,8 @@ class Broker:
         self.url = url
         self.ids_per_message = ids_per_message
         self.queue_name = queue_name
-        self.prefetch = prefetch
-        self.on_delivery = on_delivery
+        self.prefetch = 0
+        self.on_delivery: Delivery | None = None
         self.publish_timeout = publish_timeout
         self.name = name
         self.connected = asyncio.Event()
@@ -163,14 +161,29 @@ class Broker:
         queue = await channel.declare_queue(self.queue_name, durable=True)
         self._channel, self._queue = channel, queue
         if self.on_delivery is not None:
-            # Consuming on its own channel: its prefetch must not throttle publishing.
-            consume_channel = await connection.channel()
-            await consume_channel.set_qos(prefetch_count=self.prefetch)
-            consume_queue = await consume_channel.declare_queue(self.queue_name, durable=True)
-            self._consume_channel, self._queue = consume_channel, consume_queue
-            self._consumer_tag = await consume_queue.consume(self._on_message)
+            await self._start_consumer(connection)
         self.disconnected.clear()
         self.connected.set()
+
+    async def _start_consumer(self, connection: AbstractConnection) -> None:
+        # Consuming on its own channel: its prefetch must not throttle publishing.
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=self.prefetch)
+        consume_queue = await consume_channel.declare_queue(self.queue_name, durable=True)
+        self._consume_channel, self._queue = consume_channel, consume_queue
+        self._consumer_tag = await consume_queue.consume(self._on_message)
+
+    async def consume(self, on_delivery: Delivery, *, prefetch: int) -> None:
+        """Hand deliveries to ``on_delivery``, at most ``prefetch`` unacked at a
+        time, from now on and after every reconnect."""
+        self.on_delivery, self.prefetch = on_delivery, prefetch
+        connection = self._connection
+        if connection is not None and self.connected.is_set() and self._consumer_tag is None:
+            try:
+                await self._start_consumer(connection)
+            except BROKER_ERRORS as exc:
+                # The connection loop sets the consumer up again once it reconnects.
+                log.warning("consume failed", extra={"event": "broker", "error": str(exc)})
 
     def _on_connection_closed(self, *_args: object) -> None:
         self.connected.clear()

@@ -68,7 +68,8 @@ def _serve_metrics(args: argparse.Namespace) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args, "migrate")
-    from taskflow.store import apply_migrations, create_database_if_missing
+    from taskflow.store.migrations import apply_migrations
+    from taskflow.store.pool import create_database_if_missing
 
     dsn = settings.database_url.get_secret_value()
 
@@ -172,38 +173,48 @@ def api_app_from_environment() -> Any:
 def _api_app(settings: Settings) -> Any:
     from taskflow.api import create_app
     from taskflow.handlers import build_registry
+    from taskflow.runtime import api_services
 
-    app = create_app(settings, build_registry(settings))
+    app = create_app(settings, build_registry(settings), api_services)
     tune_gc()
     return app
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     settings = _settings(args, "scheduler")
-    from taskflow.scheduler import Scheduler
+    from taskflow.runtime import scheduler_runtime
 
     _serve_metrics(args)
-    scheduler = Scheduler(settings)
+
+    async def main(stop: asyncio.Event) -> None:
+        async with scheduler_runtime(settings) as scheduler:
+            await scheduler.run(stop)
+
     tune_gc()
-    _run(scheduler.run)
+    _run(main)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args, "worker")
     from taskflow.handlers import build_registry
-    from taskflow.worker import Worker
+    from taskflow.runtime import worker_runtime
 
     _serve_metrics(args)
-    worker = Worker(
-        settings,
-        build_registry(settings),
-        concurrency=args.concurrency,
-        burst=args.burst,
-        use_broker=not args.no_broker,
-    )
+    registry = build_registry(settings)
+
+    async def main(stop: asyncio.Event) -> None:
+        async with worker_runtime(
+            settings,
+            registry,
+            concurrency=args.concurrency,
+            burst=args.burst,
+            use_broker=not args.no_broker,
+        ) as worker:
+            await worker.run(stop)
+
     tune_gc()
-    _run(worker.run)
+    _run(main)
     return 0
 
 

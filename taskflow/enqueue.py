@@ -31,7 +31,8 @@ from taskflow.errors import ValidationFailed
 from taskflow.handlers import Registry
 from taskflow.metrics import TASKS_CREATED
 from taskflow.models import TaskCreate, TaskStatus, describe_validation_error
-from taskflow.store import DATABASE_ERRORS, NewTask, Record, Store
+from taskflow.store.pool import DATABASE_ERRORS, Record
+from taskflow.store.tasks import NewTask, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _find_nul(value: Any, path: str) -> str | None:
 class Enqueuer:
     def __init__(
         self,
-        store: Store,
+        store: TaskStore,
         registry: Registry,
         broker: Broker | None,
         *,

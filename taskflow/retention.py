@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from taskflow.store import OperatorStore, Store
+from taskflow.store.operators import OperatorStore
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class PruneReport:
 
 
 async def prune_expired(
-    store: Store,
+    operator: OperatorStore,
     retention_days: int,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -37,7 +37,6 @@ async def prune_expired(
     """Delete what is past ``retention_days``, at most ``max_batches`` batches
     of each kind per call: a backlog drains over several ticks instead of one
     long one."""
-    operator = OperatorStore(store.pool)
     report = PruneReport()
     for _ in range(max_batches):
         deleted = await operator.prune_finished_tasks(retention_days, batch_size)

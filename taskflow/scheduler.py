@@ -28,7 +28,9 @@ from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.metrics import LEASES_RESCUED, TASKS_PROMOTED
 from taskflow.retention import prune_expired
-from taskflow.store import DATABASE_ERRORS, Store
+from taskflow.store.engine import EngineStore
+from taskflow.store.operators import OperatorStore
+from taskflow.store.pool import DATABASE_ERRORS
 from taskflow.waiting import wait_event
 
 log = logging.getLogger(__name__)
@@ -48,31 +50,24 @@ class TickReport:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings) -> None:
+    """Given its stores and broker (``taskflow.runtime`` builds them)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: EngineStore,
+        operators: OperatorStore,
+        *,
+        broker: Broker | None,
+    ) -> None:
         self.settings = settings
-        self.store: Store | None = None
-        self.broker: Broker | None = None
+        self.store = store
+        self.operators = operators
+        self.broker = broker
         self.batch = settings.scheduler_batch_size
         self.ticks = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.store = await Store.open(
-            self.settings.database_url.get_secret_value(),
-            min_size=1,
-            max_size=3,
-            application_name="taskflow-scheduler",
-            actor="scheduler",
-            notify_queued=not self.settings.broker_enabled,
-        )
-        if self.settings.amqp_url is not None:
-            self.broker = Broker(
-                self.settings.amqp_url.get_secret_value(),
-                self.settings.amqp_queue,
-                ids_per_message=self.settings.ids_per_message,
-                name="taskflow-scheduler",
-            )
-            self.broker.start()
-            await self.broker.wait_connected(timeout=3)
         interval = self.settings.scheduler_interval_ms / 1000
         log.info(
             "scheduler started",
@@ -81,20 +76,15 @@ class Scheduler:
                 "interval_ms": self.settings.scheduler_interval_ms,
             },
         )
-        try:
-            while not stop.is_set():
-                try:
-                    await self.tick()
-                except DATABASE_ERRORS as exc:
-                    log.warning("tick failed", extra={"event": "tick_failed", "error": str(exc)})
-                except Exception as exc:  # a scheduler that stops ticking strands every lease
-                    log.error("tick crashed", exc_info=exc, extra={"event": "tick_crashed"})
-                await wait_event(stop, interval)
-        finally:
-            if self.broker is not None:
-                await self.broker.close()
-            await self.store.close()
-            log.info("scheduler stopped", extra={"event": "scheduler_stopped"})
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except DATABASE_ERRORS as exc:
+                log.warning("tick failed", extra={"event": "tick_failed", "error": str(exc)})
+            except Exception as exc:  # a scheduler that stops ticking strands every lease
+                log.error("tick crashed", exc_info=exc, extra={"event": "tick_crashed"})
+            await wait_event(stop, interval)
+        log.info("scheduler stopped", extra={"event": "scheduler_stopped"})
 
     async def _publish(self, task_ids: list[UUID], report: TickReport) -> None:
         # Without a broker the promotion itself sent NOTIFY (see the schema).
@@ -104,11 +94,9 @@ class Scheduler:
             # The rows are queued in Postgres all the same: wake the workers
             # that claim from it; the republish pass retries the broker.
             report.publish_failed += len(task_ids)
-            assert self.store is not None
             await self.store.notify_queued()
 
     async def tick(self) -> TickReport:
-        assert self.store is not None
         report = TickReport()
         self.ticks += 1
         for _ in range(MAX_BATCHES_PER_TICK):
@@ -145,9 +133,7 @@ class Scheduler:
         return report
 
     async def _republish(self, report: TickReport) -> None:
-        assert self.store is not None
-        assert self.broker is not None
-        if not self.broker.connected.is_set():
+        if self.broker is None or not self.broker.connected.is_set():
             return
         depth = await self.broker.queue_depth()
         if depth is None or depth > 0:
@@ -159,7 +145,6 @@ class Scheduler:
         await self._publish(stale, report)
 
     async def _prune(self, report: TickReport) -> None:
-        assert self.store is not None
         for _ in range(MAX_BATCHES_PER_TICK):
             deleted = await self.store.prune_history(
                 self.settings.history_retention_days, self.batch
@@ -168,6 +153,6 @@ class Scheduler:
             if deleted < self.batch:
                 break
         expired = await prune_expired(
-            self.store, self.settings.task_retention_days, batch_size=min(self.batch, 500)
+            self.operators, self.settings.task_retention_days, batch_size=min(self.batch, 500)
         )
         report.pruned += expired.tasks

@@ -19,7 +19,8 @@ from typing import Any
 from uuid import UUID
 
 from taskflow.config import Settings
-from taskflow.store import OperatorStore, Record, create_pool
+from taskflow.store.operators import OperatorStore
+from taskflow.store.pool import Record, create_pool
 
 # A transaction open this long pins the vacuum horizon long enough to notice:
 # tasks and task_history rows churn fast, so minutes of dead rows add up.
@@ -389,7 +390,7 @@ def show_status(
                 long_transaction_seconds=long_transaction_seconds,
             )
         finally:
-            await store.close()
+            await store.pool.close()
         return render_status_json(report) if as_json else render_status_text(report)
 
     return asyncio.run(main())
@@ -403,7 +404,7 @@ def show_task(settings: Settings, task_id: UUID, *, as_json: bool) -> str | None
         try:
             report = await collect_task(store, task_id)
         finally:
-            await store.close()
+            await store.pool.close()
         if report is None:
             return None
         return render_task_json(report) if as_json else render_task_text(report)

@@ -26,7 +26,11 @@ from taskflow.api import create_app
 from taskflow.broker import decode_ids
 from taskflow.config import Settings, load_settings
 from taskflow.handlers import Registry, build_registry
-from taskflow.store import Store, apply_migrations
+from taskflow.runtime import api_services, scheduler_runtime, worker_runtime
+from taskflow.scheduler import Scheduler
+from taskflow.store.migrations import apply_migrations
+from taskflow.worker.process import Worker
+from tests.stores import Store
 
 ADMIN_DSN = os.environ.get("TASKFLOW_TEST_ADMIN_DSN", "postgresql://root@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("TASKFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -124,7 +128,7 @@ async def store(database: str) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def app(settings: Settings, registry: Registry) -> AsyncIterator[Quart]:
-    application = create_app(settings, registry)
+    application = create_app(settings, registry, api_services)
     async with application.test_app() as test_app:
         yield test_app.app  # type: ignore[misc]
 
@@ -160,6 +164,24 @@ async def running(component: Any) -> AsyncIterator[Any]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: Settings, registry: Registry | None = None, **options: Any
+) -> AsyncIterator[Worker]:
+    """A worker built as ``taskflow worker`` builds it, running for the block."""
+    async with (
+        worker_runtime(settings, registry or build_registry(settings), **options) as worker,
+        running(worker),
+    ):
+        yield worker
+
+
+@asynccontextmanager
+async def running_scheduler(settings: Settings) -> AsyncIterator[Scheduler]:
+    async with scheduler_runtime(settings) as scheduler, running(scheduler):
+        yield scheduler
 
 
 async def wait_until(

@@ -77,7 +77,7 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
     def describe(self) -> str:
         ids_per_message = _settings(self.pg_db).ids_per_message
         return (
-            f"{self.h.procs} procs x taskflow.worker.Worker(concurrency={self.h.slots}), uvloop, "
+            f"{self.h.procs} procs x taskflow Worker(concurrency={self.h.slots}), uvloop, "
             f"RabbitMQ ids (up to {ids_per_message} per message, prefetch = slots messages), "
             "batched claim (with claim-ahead)/finish; producer: Enqueuer (INSERT ... unnest, then "
             "publish with confirms), create_many per chunk"
@@ -86,7 +86,13 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
     async def setup(self) -> None:
         from taskflow.broker import Broker
         from taskflow.enqueue import Enqueuer
-        from taskflow.store import Store, apply_migrations
+        from taskflow.store.accounts import AccountStore
+        from taskflow.store.migrations import apply_migrations
+        from taskflow.store.pool import Database
+        from taskflow.store.tasks import TaskStore
+
+        class Store(Database, AccountStore, TaskStore):
+            """The producer's pool: creates the harness's user and its tasks."""
 
         await super().setup()  # drops and creates the database
         peers.rmq_delete_queues([QUEUE])
@@ -134,10 +140,10 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
         import uvloop
 
         from taskflow.cli import tune_gc
-        from taskflow.worker import Worker
+        from taskflow.runtime import worker_runtime
 
         settings = _settings(cls.pg_db)
-        worker = Worker(settings, _registry(rep), concurrency=slots)
+        registry = _registry(rep)
         tune_gc()  # as `taskflow worker` does
 
         async def main() -> None:
@@ -145,9 +151,10 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
-            await worker.run(stop)
+            async with worker_runtime(settings, registry, concurrency=slots) as worker:
+                await worker.run(stop)
 
-        # Everything is imported by now; Worker.run opens its pool and its
+        # Everything is imported by now; the worker opens its pool and its
         # consumer after GO, as PGQueuer's QueueManager.run does.
         rep.ready_and_wait_go()
         uvloop.run(main())

@@ -14,48 +14,6 @@
 --   SELECT taskflow_requeue_stuck();
 --   SELECT taskflow_requeue_stuck(max_lease_crashes => 5);
 
--- The rule, written once. The caller names the actor and event for history
--- (set_config 'taskflow.actor' / 'taskflow.event'); batch_limit NULL takes all.
-CREATE OR REPLACE FUNCTION taskflow_rescue_expired_leases(
-    batch_limit integer, max_lease_crashes integer
-)
-RETURNS TABLE (id uuid, status task_status, worker_id text)
-LANGUAGE sql VOLATILE AS $$
-    WITH expired AS (
-        SELECT e.id FROM tasks e
-        WHERE e.status = 'processing' AND e.lease_expires_at < now()
-        ORDER BY e.lease_expires_at
-        LIMIT taskflow_rescue_expired_leases.batch_limit
-        FOR UPDATE SKIP LOCKED
-    ), decided AS (
-        SELECT d.id,
-               d.attempts > d.max_retries AS out_of_retries,
-               d.lease_crashes + 1 >= taskflow_rescue_expired_leases.max_lease_crashes
-                   AS quarantined
-        FROM tasks d JOIN expired USING (id)
-    )
-    UPDATE tasks t SET
-        status = CASE WHEN d.out_of_retries OR d.quarantined
-                      THEN 'failed' ELSE 'retrying' END::task_status,
-        finished_at = CASE WHEN d.out_of_retries OR d.quarantined THEN now() END,
-        lease_crashes = t.lease_crashes + 1,
-        run_at = now(),
-        last_error = format('worker %s lost: lease expired at %s', t.worker_id,
-                            to_char(t.lease_expires_at AT TIME ZONE 'UTC',
-                                    'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
-            || CASE WHEN d.quarantined AND NOT d.out_of_retries
-                    THEN format('; quarantined after %s attempts ended with a lost worker',
-                                t.lease_crashes + 1)
-                    ELSE '' END,
-        lease_expires_at = NULL,
-        updated_at = now()
-    FROM decided d
-    WHERE t.id = d.id AND t.status = 'processing'
-    RETURNING t.id, t.status, t.worker_id
-$$;
-COMMENT ON FUNCTION taskflow_rescue_expired_leases(integer, integer) IS
-    'The lease rescue rule, shared by the scheduler and taskflow_requeue_stuck().';
-
 CREATE OR REPLACE FUNCTION taskflow_requeue_stuck(max_lease_crashes integer DEFAULT 3)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE AS $$

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from quart import Quart, Response, current_app, g, request
@@ -15,69 +17,78 @@ from taskflow.enqueue import Enqueuer
 from taskflow.handlers import Registry
 from taskflow.log import write_directly
 from taskflow.metrics import HTTP_REQUESTS, HTTP_SECONDS
-from taskflow.store import Store
+from taskflow.store.accounts import AccountStore
+from taskflow.store.events import LiveEventsStore
+from taskflow.store.operators import OperatorStore
+from taskflow.store.pool import Database, Listener
+from taskflow.store.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 
+CONFIG_EXTENSION = "taskflow"
+SERVICES_EXTENSION = "taskflow.services"
 
-@dataclass
-class ApiState:
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """What the app knows from its construction on."""
+
     settings: Settings
     registry: Registry
     secret: bytes
-    store: Store | None = None
-    broker: Broker | None = None
-    enqueuer: Enqueuer | None = None
 
 
-def state() -> ApiState:
-    api_state: ApiState = current_app.extensions["taskflow"]
-    return api_state
+@dataclass(frozen=True)
+class ApiServices:
+    """What the app serves from while it serves, built by the composition
+    root (``taskflow.runtime``) and closed by it when serving ends."""
+
+    database: Database
+    accounts: AccountStore
+    tasks: TaskStore
+    events: LiveEventsStore
+    operators: OperatorStore
+    enqueuer: Enqueuer
+    broker: Broker | None
+    event_listener: Listener
 
 
-def create_app(settings: Settings, registry: Registry) -> Quart:
+OpenServices = Callable[[Settings, Registry], AbstractAsyncContextManager[ApiServices]]
+
+
+def config() -> ApiConfig:
+    api_config: ApiConfig = current_app.extensions[CONFIG_EXTENSION]
+    return api_config
+
+
+def services() -> ApiServices:
+    """Only while serving, which is when requests are handled."""
+    api_services: ApiServices = current_app.extensions[SERVICES_EXTENSION]
+    return api_services
+
+
+def create_app(settings: Settings, registry: Registry, open_services: OpenServices) -> Quart:
     from taskflow.api import dashboard, events, files, health, openapi, tasks, users
     from taskflow.api.errors import install_error_handlers
 
     app = Quart("taskflow")
     app.config["MAX_CONTENT_LENGTH"] = settings.request_max_bytes
     app.config["JSON_SORT_KEYS"] = False
-    api_state = ApiState(settings=settings, registry=registry, secret=settings.require_secret_key())
-    app.extensions["taskflow"] = api_state
+    app.extensions[CONFIG_EXTENSION] = ApiConfig(
+        settings=settings, registry=registry, secret=settings.require_secret_key()
+    )
 
     @app.while_serving
-    async def _lifespan():  # type: ignore[no-untyped-def]
-        # Pool and broker open and close together with the server.
-        api_state.store = await Store.open(
-            settings.database_url.get_secret_value(),
-            min_size=2,
-            max_size=20,
-            application_name="taskflow-api",
-            actor="api",
-            notify_queued=not settings.broker_enabled,
-        )
-        if settings.amqp_url is not None:
-            api_state.broker = Broker(
-                settings.amqp_url.get_secret_value(),
-                settings.amqp_queue,
-                ids_per_message=settings.ids_per_message,
-                name="taskflow-api",
-            )
-            api_state.broker.start()
-            await api_state.broker.wait_connected(timeout=3)
-        api_state.enqueuer = Enqueuer(
-            api_state.store,
-            registry,
-            api_state.broker,
-            reject_past_run_at=settings.reject_past_run_at,
-            group_inserts=True,
-        )
-        api_state.enqueuer.start()
-        yield
-        await api_state.enqueuer.close()
-        if api_state.broker is not None:
-            await api_state.broker.close()
-        await api_state.store.close()
+    async def _lifespan() -> AsyncGenerator[None, None]:
+        # Pool, broker and listener open and close together with the server.
+        async with open_services(settings, registry) as api_services:
+            app.extensions[SERVICES_EXTENSION] = api_services
+            event_hub = await events.start_hub(app, api_services)
+            try:
+                yield
+            finally:
+                await event_hub.stop()
+                del app.extensions[SERVICES_EXTENSION]
         write_directly()
 
     @app.before_request

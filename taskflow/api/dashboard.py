@@ -21,11 +21,11 @@ from typing import Any
 
 from quart import Blueprint, Response, send_from_directory
 
-from taskflow.api import state
+from taskflow.api import config, services
 from taskflow.api.responses import json_response
 from taskflow.api.security import current_user_id, require_user
 from taskflow.errors import Forbidden, NotFound
-from taskflow.store import LiveEventsStore, Record
+from taskflow.store.pool import Record
 
 blueprint = Blueprint("dashboard", __name__)
 
@@ -88,15 +88,12 @@ def _total(records: list[Record]) -> int:
 @blueprint.get("/api/admin/overview")
 @require_user
 async def operator_overview() -> Response:
-    api = state()
-    assert api.store is not None
-    store = LiveEventsStore(api.store.pool)
-    user = await store.select_user_by_id(current_user_id())
+    user = await services().accounts.select_user_by_id(current_user_id())
     if user is None or not user["is_admin"]:
         raise Forbidden("the operator overview is for admins only")
-    overview = await store.select_operator_overview(
+    overview = await services().events.select_operator_overview(
         # Three leases, as `taskflow status` counts: nine missed heartbeats.
-        worker_alive_seconds=3 * api.settings.lease_seconds,
+        worker_alive_seconds=3 * config().settings.lease_seconds,
         minutes=OVERVIEW_MINUTES,
         limit=OVERVIEW_ROWS,
     )

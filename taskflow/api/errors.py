@@ -22,7 +22,7 @@ from taskflow.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from taskflow.store import CONNECTION_ERRORS
+from taskflow.store.pool import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -71,33 +71,34 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
-import orjson
-from quart import Blueprint, Response, current_app, g, request
+from quart import Blueprint, Quart, Response, current_app, g, request
 
-from taskflow.api import state
+from taskflow.api import ApiServices, config, services
+from taskflow.api.event_hub import (
+    QUEUE_SIZE,
+    WATCH_SECONDS,
+    CatchUp,
+    EventHub,
+    Subscription,
+    TaskEvent,
+)
 from taskflow.api.responses import dumps, json_response
 from taskflow.api.tasks import parse_task_id
 from taskflow.auth import token_from_header, verify_token
 from taskflow.errors import TaskNotFound, ValidationFailed
-from taskflow.store import DATABASE_ERRORS, Listener, LiveEventsStore, Record
-from taskflow.waiting import wait_any, wait_event
+from taskflow.store.events import LiveEventsStore
+from taskflow.store.pool import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("events", __name__)
 
-CHANNEL = "taskflow_events"
 HUB_EXTENSION = "taskflow_events"
 HEARTBEAT_SECONDS = 15.0
-# Events a stream may have waiting before it counts as slow. At ~250 bytes an
-# event, 256 of them is 64 KiB per client at worst.
-QUEUE_SIZE = 256
 # A stream further behind than this is told to reload instead of replaying.
 REPLAY_LIMIT = 500
 # Status changes commit within milliseconds of taking their history id; a
@@ -108,14 +109,6 @@ REPLAY_OVERLAP_SECONDS = 5.0
 # opens, so concurrent openings may pass it by a few.
 MAX_STREAMS_PER_USER = 16
 RETRY_MILLISECONDS = 3000
-LISTENER_START_SECONDS = 5.0
-# The history trigger notifies only for watched users (0003 says why): a
-# stream marks its user watched when it opens, and each process renews its
-# users' marks well before they lapse. A mark outlives its last stream by up
-# to WATCH_SECONDS, during which that user's changes still notify.
-WATCH_SECONDS = 60.0
-WATCH_REFRESH_SECONDS = 20.0
-EXPIRED_WATCH_KEPT_SECONDS = 3600.0
 # A change whose trigger ran just before a new stream's mark committed was not
 # notified; one look at history this long after opening picks it up.
 SETTLE_SECONDS = 1.0
@@ -124,241 +117,17 @@ WRITE_BATCH = 64
 MAX_EVENT_ID = 2**63 - 1
 
 
-@dataclass(frozen=True, slots=True)
-class TaskEvent:
-    """One change of one task's status: a task_history row."""
-
-    id: int
-    task_id: str
-    from_status: str | None
-    status: str
-    event: str
-    attempt: int
-    at: datetime
-
-    @classmethod
-    def from_notification(cls, item: dict[str, Any]) -> TaskEvent:
-        return cls(
-            id=int(item["id"]),
-            task_id=str(item["task_id"]),
-            from_status=item["from_status"],
-            status=str(item["status"]),
-            event=str(item["event"]),
-            attempt=int(item["attempt"]),
-            # Postgres writes the session's offset; the API answers in UTC "Z".
-            at=datetime.fromisoformat(item["at"]),
-        )
-
-    @classmethod
-    def from_record(cls, row: Record) -> TaskEvent:
-        return cls(
-            id=row["id"],
-            task_id=str(row["task_id"]),
-            from_status=row["from_status"],
-            status=row["status"],
-            event=row["event"],
-            attempt=row["attempt"],
-            at=row["at"],
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "task_id": self.task_id,
-            "from_status": self.from_status,
-            "status": self.status,
-            "event": self.event,
-            "attempt": self.attempt,
-            "at": self.at,
-        }
-
-
-class CatchUp:
-    """Queued instead of events the stream missed: read them from history."""
-
-
-CATCH_UP = CatchUp()
-
-
-class Subscription:
-    """One open stream: whose events it wants, and its bounded queue."""
-
-    def __init__(self, user_id: int, task_id: str | None, queue_size: int) -> None:
-        self.user_id = user_id
-        self.task_id = task_id
-        self.queue: asyncio.Queue[TaskEvent | CatchUp] = asyncio.Queue(queue_size)
-        self.behind = False
-        self.times_behind = 0
-
-    def offer(self, event: TaskEvent) -> None:
-        """Queue ``event`` if this stream wants it. Never waits."""
-        if self.task_id is not None and event.task_id != self.task_id:
-            return
-        if self.behind:
-            return  # the catch-up reads it from history
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.fall_behind()
-
-    def fall_behind(self) -> None:
-        """Drop what is queued and have the stream read history instead.
-
-        Everything dropped was committed before it was notified, so the
-        catch-up query, which starts later, sees all of it.
-        """
-        if self.behind:
-            return
-        self.behind = True
-        self.times_behind += 1
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(CATCH_UP)
-
-
-class EventHub:
-    """The one listening connection of this process, fanned out in memory."""
-
-    def __init__(self, *, queue_size: int | None = None) -> None:
-        self.queue_size = queue_size or QUEUE_SIZE
-        self._by_user: dict[int, set[Subscription]] = {}
-        self._stop = asyncio.Event()
-        self.listener: Listener | None = None
-        self._store: Callable[[], LiveEventsStore | None] = lambda: None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    # ----- subscriptions
-
-    def subscribe(self, user_id: int, task_id: str | None = None) -> Subscription:
-        subscription = Subscription(user_id, task_id, self.queue_size)
-        self._by_user.setdefault(user_id, set()).add(subscription)
-        return subscription
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        subscriptions = self._by_user.get(subscription.user_id)
-        if subscriptions is not None:
-            subscriptions.discard(subscription)
-            if not subscriptions:
-                del self._by_user[subscription.user_id]
-
-    def streams_of(self, user_id: int) -> int:
-        return len(self._by_user.get(user_id, ()))
-
-    def stream_count(self) -> int:
-        return sum(len(subscriptions) for subscriptions in self._by_user.values())
-
-    # ----- notifications
-
-    def on_notify(self, channel: str, payload: str) -> None:
-        """The Listener's callback; runs on the event loop, so it must not wait."""
-        if channel == CHANNEL:
-            self.publish(payload)
-        elif channel == "reconnected":
-            self._spawn(self._catch_up_after_reconnect())
-
-    def publish(self, payload: str) -> None:
-        try:
-            items = orjson.loads(payload)
-            if not isinstance(items, list):
-                raise TypeError("not a JSON array")
-            for item in items:
-                subscriptions = self._by_user.get(item["user_id"])
-                if not subscriptions:
-                    continue  # nobody of this user is watching: skip the parsing
-                event = TaskEvent.from_notification(item)
-                # A copy: offer() never re-enters, but a stream may unsubscribe
-                # between two notifications of one batch.
-                for subscription in tuple(subscriptions):
-                    subscription.offer(event)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            # Only a person NOTIFYing this channel by hand can send this.
-            log.warning(
-                "malformed task event notification",
-                extra={"event": "task_event_malformed", "error": str(exc)},
-            )
-
-    def fall_behind_all(self) -> None:
-        for subscriptions in self._by_user.values():
-            for subscription in subscriptions:
-                subscription.fall_behind()
-
-    async def _catch_up_after_reconnect(self) -> None:
-        # The Listener reports "reconnected" before it listens again; a
-        # catch-up read before then could miss what commits in between.
-        listener = self.listener
-        if listener is None:
-            return
-        await wait_any(listener.connected, self._stop, timeout=None)
-        if listener.connected.is_set():
-            self.fall_behind_all()
-
-    def _spawn(self, coroutine: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # ----- lifecycle
-
-    async def _keep_watching(self) -> None:
-        """Renew the watch of every user with a stream open here."""
-        while not await wait_event(self._stop, WATCH_REFRESH_SECONDS):
-            store = self._store()
-            if store is None:
-                continue
-            try:
-                if self._by_user:
-                    lapsed = await store.watch_users(list(self._by_user), WATCH_SECONDS)
-                    # Their watch had lapsed (a failed renewal, a row deleted
-                    # by hand): what changed meanwhile was not notified.
-                    for user_id in lapsed:
-                        for subscription in self._by_user.get(user_id, ()):
-                            subscription.fall_behind()
-                await store.delete_expired_watchers(EXPIRED_WATCH_KEPT_SECONDS)
-            except DATABASE_ERRORS as exc:
-                # The next round tries again, and catches up whoever lapsed.
-                log.warning(
-                    "cannot renew event watchers",
-                    extra={"event": "event_watch_failed", "error": str(exc)},
-                )
-
-    async def start(self, dsn: str, store: Callable[[], LiveEventsStore | None]) -> None:
-        """``store`` gives the app's store once its pool is open (None before)."""
-        self._store = store
-        self.listener = Listener(dsn, [CHANNEL], self.on_notify, name="taskflow-api-events")
-        self._spawn(self.listener.run(self._stop))
-        self._spawn(self._keep_watching())
-        # Streams opened before the first LISTEN would miss events; give it a
-        # moment (without Postgres the app's pool fails the start-up anyway).
-        await wait_any(self.listener.connected, timeout=LISTENER_START_SECONDS)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
-
-
 def hub() -> EventHub:
     event_hub: EventHub = current_app.extensions[HUB_EXTENSION]
     return event_hub
 
 
-@blueprint.before_app_serving
-async def _start_hub() -> None:
-    api = state()
-    event_hub = EventHub()
-    current_app.extensions[HUB_EXTENSION] = event_hub
-
-    def store() -> LiveEventsStore | None:
-        return LiveEventsStore(api.store.pool) if api.store is not None else None
-
-    await event_hub.start(api.settings.database_url.get_secret_value(), store)
-
-
-@blueprint.after_app_serving
-async def _stop_hub() -> None:
-    event_hub: EventHub | None = current_app.extensions.pop(HUB_EXTENSION, None)
-    if event_hub is not None:
-        await event_hub.stop()
+async def start_hub(app: Quart, api_services: ApiServices) -> EventHub:
+    """Start this process's hub for as long as the app serves; the caller stops it."""
+    event_hub = EventHub(api_services.events, api_services.event_listener)
+    app.extensions[HUB_EXTENSION] = event_hub
+    await event_hub.start()
+    return event_hub
 
 
 # ----- one client's stream ---------------------------------------------------------
@@ -502,7 +271,7 @@ def _authenticate() -> int:
         token = rest.strip() if scheme.lower() == "bearer" and rest else query_token.strip()
     else:
         token = token_from_header(header)
-    g.user_id = verify_token(token, state().secret)
+    g.user_id = verify_token(token, config().secret)
     user_id: int = g.user_id
     return user_id
 
@@ -524,9 +293,7 @@ def _resume_from() -> int | None:
 
 
 def _store() -> LiveEventsStore:
-    store = state().store
-    assert store is not None
-    return LiveEventsStore(store.pool)
+    return services().events
 
 
 def _stream_response(user_id: int, task_id: UUID | None, resume_from: int | None) -> Response:
@@ -561,6 +328,6 @@ async def task_events(raw_id: str) -> Response:
     task_id = parse_task_id(raw_id)
     resume_from = _resume_from()
     # Another user's task is indistinguishable from a missing one.
-    if await _store().select_own_task(task_id, user_id) is None:
+    if await services().tasks.select_own_task(task_id, user_id) is None:
         raise TaskNotFound()
     return _stream_response(user_id, task_id, resume_from)

@@ -35,7 +35,7 @@ from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout, Unsupport
 from werkzeug.routing import PathConverter
 from werkzeug.sansio.multipart import Data, Epilogue, Event, Field, File, MultipartDecoder, NeedData
 
-from taskflow.api import ApiState, state
+from taskflow.api import ApiConfig, config
 from taskflow.api.responses import json_response
 from taskflow.api.security import current_user_id, require_user
 from taskflow.errors import PayloadTooLarge, ValidationFailed
@@ -112,8 +112,8 @@ def _allow_large_uploads(setup: BlueprintSetupState) -> None:
     class picks the limit from the method and path it is built with.
     """
     app = cast(Quart, setup.app)
-    api_state: ApiState = app.extensions["taskflow"]
-    upload_limit = api_state.settings.upload_max_bytes + UPLOAD_OVERHEAD_BYTES
+    api_config: ApiConfig = app.extensions["taskflow"]
+    upload_limit = api_config.settings.upload_max_bytes + UPLOAD_OVERHEAD_BYTES
     base = app.request_class
 
     class UploadLimitRequest(base):  # type: ignore[valid-type,misc]
@@ -131,7 +131,7 @@ def _allow_large_uploads(setup: BlueprintSetupState) -> None:
 
 
 def _user_files() -> UserFiles:
-    return UserFiles(state().settings.base_file_path, current_user_id())
+    return UserFiles(config().settings.base_file_path, current_user_id())
 
 
 def _conflict_policy() -> ConflictPolicy:
@@ -347,7 +347,7 @@ async def _save_streaming(
 @blueprint.post(FILES_PATH)
 @require_user
 async def upload_file() -> Response:
-    settings = state().settings
+    settings = config().settings
     on_conflict = _conflict_policy()
     boundary = _multipart_boundary()
     files = _user_files()

@@ -6,15 +6,12 @@ import asyncio
 
 from quart import Blueprint, Response
 
-from taskflow.api import state
+from taskflow.api import config, services
 from taskflow.api.responses import json_response
 from taskflow.metrics import OLDEST_AGE_SECONDS, QUEUE_DEPTH, render
-from taskflow.store import CONNECTION_ERRORS
+from taskflow.store.pool import CONNECTION_ERRORS
 
 blueprint = Blueprint("health", __name__)
-
-# Postgres is unreachable, or the app has no store yet (started without one).
-POSTGRES_DOWN: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, AssertionError)
 
 
 @blueprint.get("/healthz")
@@ -24,29 +21,26 @@ async def healthz() -> Response:
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    api = state()
-    if api.store is not None:
-        for status in ("queued", "postponed", "retrying", "processing"):
-            QUEUE_DEPTH.labels(status).set(0)
-            OLDEST_AGE_SECONDS.labels(status).set(0)
-        for row in await api.store.select_queue_depth():
-            QUEUE_DEPTH.labels(row["status"]).set(row["tasks"])
-            OLDEST_AGE_SECONDS.labels(row["status"]).set(float(row["oldest_seconds"]))
+    for status in ("queued", "postponed", "retrying", "processing"):
+        QUEUE_DEPTH.labels(status).set(0)
+        OLDEST_AGE_SECONDS.labels(status).set(0)
+    for row in await services().operators.select_queue_depth():
+        QUEUE_DEPTH.labels(row["status"]).set(row["tasks"])
+        OLDEST_AGE_SECONDS.labels(row["status"]).set(float(row["oldest_seconds"]))
     body, content_type = render()
     return Response(body, content_type=content_type)
 
 
 @blueprint.get("/readyz")
 async def readyz() -> Response:
-    api = state()
+    api = services()
     checks: dict[str, str] = {}
     try:
-        assert api.store is not None
-        await asyncio.wait_for(api.store.ready(), 2)
+        await asyncio.wait_for(api.database.ready(), 2)
         checks["postgres"] = "ok"
-    except POSTGRES_DOWN as exc:
+    except CONNECTION_ERRORS as exc:
         checks["postgres"] = f"unavailable: {type(exc).__name__}"
-    if api.settings.broker_enabled:
+    if config().settings.broker_enabled:
         connected = api.broker is not None and api.broker.connected.is_set()
         checks["rabbitmq"] = "ok" if connected else "unavailable"
     else:

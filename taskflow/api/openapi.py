@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from quart import Blueprint, Response
 
 from taskflow import __version__
-from taskflow.api import state
+from taskflow.api import config
 from taskflow.api.responses import json_response
 from taskflow.handlers import Registry
 from taskflow.models import (
@@ -564,5 +564,5 @@ def build_document(registry: Registry) -> dict[str, Any]:
 
 @blueprint.get("/api/openapi.json")
 async def openapi_document() -> Response:
-    api = state()
+    api = config()
     return json_response(build_document(api.registry))

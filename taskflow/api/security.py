@@ -8,7 +8,7 @@ from typing import ParamSpec, TypeVar
 
 from quart import g, request
 
-from taskflow.api import state
+from taskflow.api import config
 from taskflow.auth import token_from_header, verify_token
 
 P = ParamSpec("P")
@@ -24,7 +24,7 @@ def require_user(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @wraps(view)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         token = token_from_header(request.headers.get("Authorization"))
-        g.user_id = verify_token(token, state().secret)
+        g.user_id = verify_token(token, config().secret)
         return await view(*args, **kwargs)
 
     return wrapper

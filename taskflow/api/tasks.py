@@ -14,7 +14,7 @@ from uuid import UUID
 
 from quart import Blueprint, Response, request
 
-from taskflow.api import state
+from taskflow.api import services
 from taskflow.api.responses import json_response, parse_model, read_json_body, read_model
 from taskflow.api.security import current_user_id, require_user
 from taskflow.enqueue import Enqueuer, check_run_at
@@ -29,7 +29,8 @@ from taskflow.models import (
     TaskPatch,
     TaskStatus,
 )
-from taskflow.store import Record, Store
+from taskflow.store.pool import Record
+from taskflow.store.tasks import TaskStore
 
 blueprint = Blueprint("tasks", __name__)
 
@@ -68,16 +69,12 @@ def task_json(row: Record) -> dict[str, Any]:
     return {field: row[field] for field in TASK_FIELDS}
 
 
-def _store() -> Store:
-    store = state().store
-    assert store is not None
-    return store
+def _store() -> TaskStore:
+    return services().tasks
 
 
 def _enqueuer() -> Enqueuer:
-    enqueuer = state().enqueuer
-    assert enqueuer is not None
-    return enqueuer
+    return services().enqueuer
 
 
 def parse_task_id(raw: str) -> UUID:

@@ -51,10 +51,9 @@ class TaskContext:
     # Persists a partial result for this attempt, fenced by its claim, so a
     # later attempt can resume (e.g. "email already sent", "3 of 5 files saved").
     save_progress: Callable[[JSONValue], Awaitable[None]] = field(repr=False, default=None)  # type: ignore[assignment]
-
-    @property
-    def is_last_attempt(self) -> bool:
-        return self.attempt >= self.max_retries + 1
+    # No retry follows a failure of this attempt: the retry rule's answer
+    # (taskflow.retries), read from the claim rather than restated here.
+    is_last_attempt: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,12 @@ from taskflow.broker import Broker
 from taskflow.enqueue import Enqueuer, new_task_id
 from taskflow.handlers import build_registry
 from taskflow.models import TaskCreate
-from taskflow.store import CONNECTION_ERRORS, NewTask, Store
+from taskflow.store.pool import CONNECTION_ERRORS
+from taskflow.store.tasks import NewTask
 from taskflow.waiting import wait_event
 from tests.conftest import AMQP_URL, make_settings, new_user, wait_until
 from tests.processes import Component, component_env, free_port, wait_for_http
+from tests.stores import Store
 
 pytestmark = pytest.mark.chaos
 

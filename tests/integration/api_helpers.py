@@ -11,8 +11,9 @@ from quart.typing import TestClientProtocol as Client
 from taskflow.auth import issue_token
 from taskflow.broker import decode_ids
 from taskflow.models import TaskStatus
-from taskflow.store import Outcome, Store
+from taskflow.store.engine import Outcome
 from tests.conftest import AMQP_URL, TEST_SECRET
+from tests.stores import Store, finish
 
 EMAIL_TASK: dict[str, Any] = {
     "type": "send_email",
@@ -110,14 +111,13 @@ async def put_task_in(store: Store, task_id: str, status: TaskStatus) -> None:
     assert len(claimed) == 1, f"task {task_id} was not queued"
     if status is TaskStatus.PROCESSING:
         return
+    token = claimed[0]["claim_token"]
     outcome = {
-        TaskStatus.DONE: Outcome(uuid, claimed[0]["claim_token"], status, {"ok": 1}, True),
-        TaskStatus.FAILED: Outcome(uuid, claimed[0]["claim_token"], status, error="boom"),
-        TaskStatus.RETRYING: Outcome(
-            uuid, claimed[0]["claim_token"], status, error="boom", delay_seconds=3600
-        ),
+        TaskStatus.DONE: Outcome(uuid, token, "done", {"ok": 1}, True),
+        TaskStatus.FAILED: Outcome(uuid, token, "permanent", error="boom"),
+        TaskStatus.RETRYING: Outcome(uuid, token, "transient", error="boom", delay_seconds=3600),
     }[status]
-    assert await store.finish_processing_tasks([outcome]) == {uuid}
+    assert await finish(store, outcome) == {uuid: status}
 
 
 async def drain_queue(queue: str) -> list[str]:

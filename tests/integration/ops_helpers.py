@@ -16,8 +16,8 @@ from taskflow.config import Settings
 from taskflow.enqueue import Enqueuer
 from taskflow.handlers import build_registry
 from taskflow.models import TaskCreate
-from taskflow.store import Store
 from tests.conftest import TEST_SECRET, make_settings
+from tests.stores import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

@@ -11,7 +11,6 @@ import jwt
 from quart.typing import TestClientProtocol as Client
 
 from taskflow.config import Settings
-from taskflow.store import Store
 from tests.conftest import TEST_SECRET, auth_headers
 from tests.integration.api_helpers import (
     FUTURE,
@@ -20,6 +19,7 @@ from tests.integration.api_helpers import (
     detail_fields,
     json_error,
 )
+from tests.stores import Store
 
 PASSWORD = "secret-password"
 

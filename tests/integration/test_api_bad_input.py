@@ -12,7 +12,6 @@ from typing import Any
 
 from quart.typing import TestClientProtocol as Client
 
-from taskflow.store import Store
 from tests.integration.api_helpers import (
     EMAIL_TASK,
     FUTURE,
@@ -23,6 +22,7 @@ from tests.integration.api_helpers import (
     task_row,
     token_for,
 )
+from tests.stores import Store
 
 JSON = {"Content-Type": "application/json"}
 TWO_MIB = 2 * 1024 * 1024

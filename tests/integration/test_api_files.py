@@ -22,9 +22,10 @@ from quart.typing import TestClientProtocol as Client
 from taskflow.api import create_app
 from taskflow.config import Settings
 from taskflow.handlers import build_registry
-from taskflow.store import Store
+from taskflow.runtime import api_services
 from tests.conftest import make_settings, wait_until
 from tests.integration.api_helpers import json_error, token_for
+from tests.stores import Store
 
 BOUNDARY = "taskflow-test-boundary-7d3f"
 MIB = 1024 * 1024
@@ -248,7 +249,7 @@ async def small_cap_client(
     settings = make_settings(
         database, queue=queue_name, files=tmp_path / "capped", upload_max_bytes=MIB
     )
-    app = create_app(settings, build_registry(settings))
+    app = create_app(settings, build_registry(settings), api_services)
     async with app.test_app() as test_app:
         yield test_app.test_client(), settings
 

@@ -13,7 +13,6 @@ from uuid import uuid4
 from quart.typing import TestClientProtocol as Client
 
 from taskflow.models import TaskStatus
-from taskflow.store import Store
 from tests.integration.api_helpers import (
     EMAIL_TASK,
     create_task,
@@ -22,6 +21,7 @@ from tests.integration.api_helpers import (
     task_in,
     token_for,
 )
+from tests.stores import Store
 
 S = TaskStatus
 

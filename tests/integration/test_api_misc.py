@@ -13,9 +13,10 @@ from quart.typing import TestClientProtocol as Client
 from taskflow.api import create_app
 from taskflow.config import Settings
 from taskflow.handlers import Registry, build_registry
-from taskflow.store import Store
+from taskflow.runtime import api_services
 from tests.conftest import make_settings
 from tests.integration.api_helpers import json_error, token_for
+from tests.stores import Store
 
 PATH_PARAMETER = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
 
@@ -46,7 +47,7 @@ async def test_readyz_without_a_broker_configured(
 ) -> None:
     settings = make_settings(database, queue=None, files=tmp_path / "files")
     assert settings.amqp_url is None
-    async with create_app(settings, registry).test_app() as test_app:
+    async with create_app(settings, registry, api_services).test_app() as test_app:
         response = await test_app.test_client().get("/readyz")
         assert response.status_code == 200
         body = await response.get_json()
@@ -76,7 +77,7 @@ async def test_openapi_document_lists_every_route(database: str, tmp_path: Path)
     # Built-in types only: tests.plugins' own payload models are not the API's.
     settings = make_settings(database, queue=None, files=tmp_path / "files", plugins=())
     registry = build_registry(settings)
-    async with create_app(settings, registry).test_app() as test_app:
+    async with create_app(settings, registry, api_services).test_app() as test_app:
         await _check_openapi_document(test_app.app, test_app.test_client(), registry)
 
 
@@ -174,7 +175,7 @@ async def test_wrong_methods_are_405_json(client: Client) -> None:
 async def test_unexpected_errors_are_500_json_without_details(
     settings: Settings, registry: Registry
 ) -> None:
-    application = create_app(settings, registry)
+    application = create_app(settings, registry, api_services)
 
     @application.get("/boom")
     async def boom() -> str:

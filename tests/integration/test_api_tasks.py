@@ -20,7 +20,8 @@ from taskflow.enqueue import Enqueuer
 from taskflow.errors import ValidationFailed
 from taskflow.handlers import Registry
 from taskflow.models import TaskCreate, TaskStatus
-from taskflow.store import Outcome, Store
+from taskflow.runtime import api_services
+from taskflow.store.engine import Outcome
 from tests.conftest import auth_headers, make_settings, new_user
 from tests.integration.api_helpers import (
     EMAIL_TASK,
@@ -38,6 +39,7 @@ from tests.integration.api_helpers import (
     task_row,
     token_for,
 )
+from tests.stores import Store, finish
 
 S = TaskStatus
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
@@ -170,7 +172,7 @@ async def test_past_run_at_is_refused_when_configured(
     settings = make_settings(
         database, queue=queue_name, files=tmp_path / "strict", reject_past_run_at=True
     )
-    async with create_app(settings, registry).test_app() as test_app:
+    async with create_app(settings, registry, api_services).test_app() as test_app:
         client = test_app.test_client()
         headers = await token_for(store)
         before = await db_snapshot(store)
@@ -902,9 +904,9 @@ async def test_patch_a_retrying_task(client: Client, store: Store) -> None:
     assert await store.promote_due_tasks(10) == [UUID(task["id"])]
     claimed = await store.claim_queued_tasks([UUID(task["id"])], "test-worker", 60)
     outcome = Outcome(
-        UUID(task["id"]), claimed[0]["claim_token"], S.RETRYING, error="x", delay_seconds=3600
+        UUID(task["id"]), claimed[0]["claim_token"], "transient", error="x", delay_seconds=3600
     )
-    await store.finish_processing_tasks([outcome])
+    assert await finish(store, outcome) == {UUID(task["id"]): S.RETRYING}
     before = await db_snapshot(store)
     response = await client.patch(url, headers=headers, json={"max_retries": 0})
     assert detail_fields(await json_error(response, 400)) == ["max_retries"]
@@ -1030,7 +1032,7 @@ async def test_create_works_with_rabbitmq_unreachable(
         files=tmp_path / "files",
         amqp_url="amqp://guest:guest@127.0.0.1:1/",
     )
-    async with create_app(settings, registry).test_app() as test_app:
+    async with create_app(settings, registry, api_services).test_app() as test_app:
         client = test_app.test_client()
         headers = await token_for(store)
         task = await create_task(client, headers)

@@ -10,8 +10,8 @@ from uuid import UUID
 from quart.typing import TestClientProtocol as Client
 
 from taskflow.models import TaskStatus
-from taskflow.store import Store
 from tests.integration.api_helpers import create_task, json_error, put_task_in, token_for
+from tests.stores import Store
 
 LOADS_FROM_ELSEWHERE = re.compile(
     r"""(from\s*|import\s*\(\s*|url\(\s*|@import\s*)["']?(https?:)?//""", re.IGNORECASE

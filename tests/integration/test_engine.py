@@ -21,8 +21,9 @@ from taskflow.config import Settings
 from taskflow.enqueue import Enqueuer, new_task_id
 from taskflow.handlers import build_registry
 from taskflow.models import TaskCreate, TaskStatus
+from taskflow.runtime import worker_runtime
 from taskflow.scheduler import Scheduler
-from taskflow.store import (
+from taskflow.store.engine import (
     CLAIM_NEXT_TASKS,
     CLAIM_QUEUED_TASKS,
     EXTEND_LEASES,
@@ -31,20 +32,21 @@ from taskflow.store import (
     PROMOTE_DUE_TASKS,
     RESCUE_EXPIRED_LEASES,
     SAVE_TASK_PROGRESS,
-    NewTask,
     Outcome,
-    Store,
-    connect,
 )
-from taskflow.worker import Worker
+from taskflow.store.pool import connect
+from taskflow.store.tasks import NewTask
+from taskflow.worker.process import Worker
 from tests.conftest import (
     AMQP_URL,
     make_settings,
     new_user,
     published_ids,
-    running,
+    running_scheduler,
+    running_worker,
     wait_until,
 )
+from tests.stores import Store, finish
 
 FAST = {
     "scheduler_interval_ms": 50,
@@ -167,7 +169,7 @@ async def test_worker_runs_tasks_from_the_broker(
 ) -> None:
     queue = enqueuer(store, fast, publisher)
     ids = [await create(queue, user_id, "test_noop", {"n": i}) for i in range(40)]
-    async with running(Worker(fast, build_registry(fast), concurrency=4)) as worker:
+    async with running_worker(fast, concurrency=4) as worker:
         await wait_until(all_in(store, ids, "done"), what="all done")
         assert worker.broker is not None
         assert worker.broker.connected.is_set()
@@ -188,7 +190,7 @@ async def test_duplicate_stale_and_garbage_messages_are_dropped(
     await channel.default_exchange.publish(
         aio_pika.Message(b"not a uuid"), routing_key=fast.amqp_queue
     )
-    async with running(Worker(fast, build_registry(fast), concurrency=2)):
+    async with running_worker(fast, concurrency=2):
         await wait_until(all_in(store, [task_id], "done"))
         # A stale message for a finished task arrives later.
         assert await publisher.publish_ids([task_id])
@@ -210,7 +212,7 @@ async def test_ids_of_one_message_are_claimed_once_each_in_one_statement(
     ids = await bulk_queued(store, user_id, 6)
     assert await publisher.publish_ids(ids)  # one message of six ids
     assert await publisher.queue_depth() == 1
-    async with running(Worker(fast, build_registry(fast), concurrency=8)):
+    async with running_worker(fast, concurrency=8):
         await wait_until(all_in(store, ids, "done"))
     tokens = await store.pool.fetch(
         "SELECT claim_token, worker_id FROM tasks WHERE id = ANY($1)", ids
@@ -226,9 +228,10 @@ async def test_ids_of_one_message_are_claimed_once_each_in_one_statement(
 async def test_an_idle_worker_takes_ids_waiting_behind_another_workers_long_tasks(
     store: Store, fast: Settings, publisher: Broker, user_id: int
 ) -> None:
-    one = Worker(fast, build_registry(fast), concurrency=1, worker_id="one-slot")
-    three = Worker(fast, build_registry(fast), concurrency=3, worker_id="three-slots")
-    async with running(one), running(three):
+    async with (
+        running_worker(fast, concurrency=1, worker_id="one-slot") as one,
+        running_worker(fast, concurrency=3, worker_id="three-slots") as three,
+    ):
 
         async def connected() -> bool:
             return all(w.broker is not None and w.broker.connected.is_set() for w in (one, three))
@@ -244,7 +247,7 @@ async def test_an_idle_worker_takes_ids_waiting_behind_another_workers_long_task
 
         async def acked() -> bool:
             return await publisher.queue_depth() == 0 and not any(
-                w._deliveries for w in (one, three)
+                w.intake.deliveries for w in (one, three)
             )
 
         await wait_until(acked, what="the message acked by its holder")
@@ -267,8 +270,7 @@ async def test_a_worker_whose_lease_lapsed_cannot_finish_or_save(
     await store.pool.execute(
         "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1", task_id
     )
-    scheduler = Scheduler(fast)
-    scheduler.store = store
+    scheduler = Scheduler(fast, store, store, broker=None)
     report = await scheduler.tick()
     assert report.rescued == 1
     assert report.promoted == 1
@@ -277,15 +279,15 @@ async def test_a_worker_whose_lease_lapsed_cannot_finish_or_save(
     assert second["attempts"] == 2
 
     # worker-a comes back from a pause: none of its writes land.
-    late = Outcome(task_id, first["claim_token"], TaskStatus.DONE, {"by": "a"}, True)
-    assert await store.finish_processing_tasks([late]) == set()
+    late = Outcome(task_id, first["claim_token"], "done", {"by": "a"}, True)
+    assert await finish(store, late) == {}
     assert not await store.save_task_progress(task_id, first["claim_token"], {"by": "a"})
     assert await store.extend_leases("worker-a", [(task_id, first["claim_token"])], 30) == set()
-    failed = Outcome(task_id, first["claim_token"], TaskStatus.FAILED, error="late")
-    assert await store.finish_processing_tasks([failed]) == set()
+    failed = Outcome(task_id, first["claim_token"], "permanent", error="late")
+    assert await finish(store, failed) == {}
 
-    done = Outcome(task_id, second["claim_token"], TaskStatus.DONE, {"by": "b"}, True)
-    assert await store.finish_processing_tasks([done]) == {task_id}
+    done = Outcome(task_id, second["claim_token"], "done", {"by": "b"}, True)
+    assert await finish(store, done) == {task_id: TaskStatus.DONE}
     row = await store.pool.fetchrow(
         "SELECT status, result, worker_id FROM tasks WHERE id = $1", task_id
     )
@@ -313,8 +315,7 @@ async def test_rescue_fails_a_task_out_of_retries_and_quarantines_crashers(
     settings = make_settings(
         database, queue=queue_name, files=tmp_path, max_lease_crashes=2, **FAST
     )
-    scheduler = Scheduler(settings)
-    scheduler.store = store
+    scheduler = Scheduler(settings, store, store, broker=None)
     no_retries = (
         await store.insert_tasks(user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 0, None)])
     )[0]["id"]
@@ -369,7 +370,7 @@ async def test_heartbeat_keeps_a_long_task_alive(
 ) -> None:
     queue = enqueuer(store, fast, publisher)
     task_id = await create(queue, user_id, "test_sleep", {"seconds": 3.5})  # lease is 2 s
-    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+    async with running_scheduler(fast), running_worker(fast):
         await wait_until(all_in(store, [task_id], "done"), timeout=15)
     assert await events_of(store, task_id) == ["created", "claimed", "completed"]
 
@@ -382,7 +383,7 @@ async def test_transient_failures_retry_with_backoff_then_succeed(
 ) -> None:
     queue = enqueuer(store, fast, publisher)
     task_id = await create(queue, user_id, "test_fail", {"kind": "transient", "times": 2})
-    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+    async with running_scheduler(fast), running_worker(fast):
         await wait_until(all_in(store, [task_id], "done"))
     assert await events_of(store, task_id) == [
         "created",
@@ -426,7 +427,7 @@ async def test_out_of_retries_permanent_errors_bugs_and_timeouts(
     permanent = await create(queue, user_id, "test_fail", {"kind": "permanent"}, max_retries=5)
     bug = await create(queue, user_id, "test_fail", {"kind": "error", "times": 1})
     slow = await create(queue, user_id, "test_sleep", {"seconds": 5}, max_retries=0)
-    async with running(Scheduler(settings)), running(Worker(settings, build_registry(settings))):
+    async with running_scheduler(settings), running_worker(settings):
         await wait_until(all_in(store, [exhausted, permanent, slow], "failed"))
         await wait_until(all_in(store, [bug], "done"))
     rows = {
@@ -452,7 +453,7 @@ async def test_progress_is_saved_and_a_retry_resumes(
 ) -> None:
     queue = enqueuer(store, fast, publisher)
     task_id = await create(queue, user_id, "test_progress", {"steps": 5, "fail_at": 2})
-    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+    async with running_scheduler(fast), running_worker(fast):
         await wait_until(all_in(store, [task_id], "done"))
     result = await store.pool.fetchval("SELECT result FROM tasks WHERE id = $1", task_id)
     assert [step["attempt"] for step in result["steps"]] == [1, 1, 2, 2, 2]
@@ -468,7 +469,7 @@ async def test_cancelling_a_running_task_stops_its_handler(
     marks.mkdir()
     queue = enqueuer(store, fast, publisher)
     task_id = await create(queue, user_id, "test_sleep", {"seconds": 60, "marks": str(marks)})
-    async with running(Worker(fast, build_registry(fast), concurrency=1)) as worker:
+    async with running_worker(fast, concurrency=1) as worker:
         await wait_until(all_in(store, [task_id], "processing"))
         await wait_until(lambda: _has_files(marks), what="handler started")
         row = await store.cancel_task(task_id, user_id, actor="test")
@@ -507,7 +508,7 @@ async def test_postponed_tasks_run_when_due(
     run_at = datetime.now(UTC) + timedelta(milliseconds=700)
     task_id = await create(queue, user_id, "test_noop", {}, run_at=run_at)
     assert await status_of(store, task_id) == "postponed"
-    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+    async with running_scheduler(fast), running_worker(fast):
         await wait_until(all_in(store, [task_id], "done"))
     started = await store.pool.fetchval("SELECT started_at FROM tasks WHERE id = $1", task_id)
     assert started >= run_at
@@ -525,11 +526,9 @@ async def test_two_schedulers_promote_each_row_once(
         """,
         user_id,
     )
-    schedulers = [Scheduler(fast), Scheduler(fast)]
+    schedulers = [Scheduler(fast, store, store, broker=publisher) for _ in range(2)]
     for scheduler in schedulers:
         scheduler.batch = 37
-        scheduler.store = store
-        scheduler.broker = publisher
     reports = await asyncio.gather(*(s.tick() for s in schedulers))
     assert sum(r.promoted for r in reports) == 500
     due = await store.pool.fetchval("SELECT count(*) FROM task_history WHERE event = 'due'")
@@ -547,7 +546,7 @@ async def test_queued_rows_nobody_published_are_republished(
     # As if the API died between its commit and its publish.
     ids = await bulk_queued(store, user_id, 5)
     await store.pool.execute("UPDATE tasks SET updated_at = now() - interval '1 minute'")
-    async with running(Scheduler(fast)):
+    async with running_scheduler(fast):
 
         async def published() -> bool:
             return sorted(await published_ids(fast.amqp_queue)) == sorted(ids)
@@ -555,7 +554,7 @@ async def test_queued_rows_nobody_published_are_republished(
         await wait_until(published, what="republished")
         await asyncio.sleep(0.5)
         assert sorted(await published_ids(fast.amqp_queue)) == sorted(ids)  # once, not every tick
-    async with running(Worker(fast, build_registry(fast))):
+    async with running_worker(fast):
         await wait_until(all_in(store, ids, "done"))
 
 
@@ -566,7 +565,7 @@ async def test_no_broker_workers_wake_on_notify(
     store: Store, no_broker: Settings, user_id: int
 ) -> None:
     queue = enqueuer(store, no_broker, None)
-    async with running(Worker(no_broker, build_registry(no_broker), concurrency=3)) as worker:
+    async with running_worker(no_broker, concurrency=3) as worker:
         assert worker.broker is None
         ids = [await create(queue, user_id, "test_noop", {"n": i}) for i in range(30)]
         await wait_until(all_in(store, ids, "done"))
@@ -579,8 +578,10 @@ async def test_burst_worker_claims_by_priority_and_exits_when_idle(
         user_id,
         [NewTask(new_task_id(), "test_noop", {"n": p}, p, 3, None) for p in (0, 50, -20, 100)],
     )
-    worker = Worker(no_broker, build_registry(no_broker), concurrency=1, burst=True)
-    await asyncio.wait_for(worker.run(asyncio.Event()), 15)
+    async with worker_runtime(
+        no_broker, build_registry(no_broker), concurrency=1, burst=True
+    ) as worker:
+        await asyncio.wait_for(worker.run(asyncio.Event()), 15)
     order = await store.pool.fetch(
         "SELECT payload->>'n' AS n FROM tasks WHERE id = ANY($1) ORDER BY started_at",
         [row["id"] for row in rows],
@@ -643,9 +644,7 @@ async def test_statements_by_id_probe_the_primary_key_whatever_the_statistics(
     """
     finished = await bulk_queued(store, user_id, 5000)
     claimed = await store.claim_queued_tasks(finished, "w", 30)
-    await store.finish_processing_tasks(
-        [Outcome(row["id"], row["claim_token"], TaskStatus.DONE, None, False) for row in claimed]
-    )
+    await finish(store, *(Outcome(row["id"], row["claim_token"], "done") for row in claimed))
     await store.pool.execute("ANALYZE tasks")
     fresh = await bulk_queued(store, user_id, 50)
     held = await store.claim_queued_tasks(fresh[:25], "w", 30)
@@ -655,7 +654,17 @@ async def test_statements_by_id_probe_the_primary_key_whatever_the_statistics(
         "claim": (CLAIM_QUEUED_TASKS, [fresh[25:], "w", 30.0]),
         "finish": (
             FINISH_PROCESSING_TASKS,
-            [ids, tokens, ["done"] * n, [None] * n, [False] * n, [None] * n, [None] * n],
+            [
+                ids,
+                tokens,
+                ["done"] * n,
+                [None] * n,
+                [False] * n,
+                [None] * n,
+                [None] * n,
+                2000,
+                600000,
+            ],
         ),
         "heartbeat": (EXTEND_LEASES, ["w", ids, tokens, 30.0]),
         "hand back": (HAND_BACK_TASKS, [ids, tokens]),
@@ -739,8 +748,7 @@ async def test_scheduler_prunes_old_history_and_old_finished_tasks(
     await store.pool.execute(
         "UPDATE tasks SET finished_at = now() - interval '61 days' WHERE id = $1", old
     )
-    scheduler = Scheduler(settings)
-    scheduler.store = store
+    scheduler = Scheduler(settings, store, store, broker=None)
     report = await scheduler.tick()  # the first tick prunes
     assert report.pruned >= 3
     assert await store.pool.fetchval("SELECT count(*) FROM tasks WHERE id = $1", old) == 0

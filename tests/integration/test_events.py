@@ -21,12 +21,15 @@ from hypercorn.config import Config
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
-from taskflow.api import create_app, events
+from taskflow.api import create_app, event_hub, events
 from taskflow.config import Settings
 from taskflow.enqueue import new_task_id
 from taskflow.handlers import Registry
 from taskflow.models import TaskStatus
-from taskflow.store import LiveEventsStore, NewTask, Store
+from taskflow.runtime import api_services
+from taskflow.store.events import LiveEventsStore
+from taskflow.store.pool import Listener
+from taskflow.store.tasks import NewTask
 from tests.conftest import wait_until
 from tests.integration.api_helpers import (
     FUTURE,
@@ -35,6 +38,7 @@ from tests.integration.api_helpers import (
     put_task_in,
     token_for,
 )
+from tests.stores import Store
 
 Message = dict[str, Any]
 
@@ -111,9 +115,9 @@ def quick_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(events, "HEARTBEAT_SECONDS", 0.2)
 
 
-def hub_of(client: Client) -> events.EventHub:
+def hub_of(client: Client) -> event_hub.EventHub:
     app: Quart = client.app  # type: ignore[attr-defined]
-    hub: events.EventHub = app.extensions[events.HUB_EXTENSION]
+    hub: event_hub.EventHub = app.extensions[events.HUB_EXTENSION]
     return hub
 
 
@@ -280,8 +284,8 @@ async def test_only_watched_users_changes_are_notified(database: str) -> None:
 @pytest.fixture
 def quick_watch_renewal(monkeypatch: pytest.MonkeyPatch) -> None:
     # Before the app starts: its hub reads these in its renewal loop.
-    monkeypatch.setattr(events, "WATCH_REFRESH_SECONDS", 0.1)
-    monkeypatch.setattr(events, "EXPIRED_WATCH_KEPT_SECONDS", 0.0)
+    monkeypatch.setattr(event_hub, "WATCH_REFRESH_SECONDS", 0.1)
+    monkeypatch.setattr(event_hub, "EXPIRED_WATCH_KEPT_SECONDS", 0.0)
     # Out of the way: only the renewal may catch a stream up here.
     monkeypatch.setattr(events, "SETTLE_SECONDS", 3600.0)
 
@@ -342,7 +346,7 @@ async def test_an_open_stream_marks_its_user_watched(client: Client, store: Stor
         until = await store.pool.fetchval(
             "SELECT watched_until - now() FROM task_event_watchers WHERE user_id = $1", user_id
         )
-    assert until.total_seconds() > events.WATCH_SECONDS - 5
+    assert until.total_seconds() > event_hub.WATCH_SECONDS - 5
 
 
 # ----- who gets what
@@ -580,16 +584,21 @@ def _payload(user_id: int, first_id: int, count: int) -> str:
 
 
 async def test_the_hub_never_waits_for_a_full_queue() -> None:
-    hub = events.EventHub(queue_size=10)
+    # Publishing touches neither the store nor the listener.
+    hub = event_hub.EventHub(
+        None,  # type: ignore[arg-type]
+        Listener("postgresql://unused/db", [event_hub.CHANNEL], name="unused"),
+        queue_size=10,
+    )
     stalled = hub.subscribe(1)
     reading = hub.subscribe(1)
     elsewhere = hub.subscribe(2)
-    received: list[events.TaskEvent] = []
+    received: list[event_hub.TaskEvent] = []
 
     async def read() -> None:
         while len(received) < 1000:
             item = await reading.queue.get()
-            assert isinstance(item, events.TaskEvent)
+            assert isinstance(item, event_hub.TaskEvent)
             received.append(item)
 
     reader = asyncio.create_task(read())
@@ -604,7 +613,7 @@ async def test_the_hub_never_waits_for_a_full_queue() -> None:
     assert stalled.behind
     assert stalled.times_behind == 1
     assert stalled.queue.qsize() == 1
-    assert isinstance(stalled.queue.get_nowait(), events.CatchUp)
+    assert isinstance(stalled.queue.get_nowait(), event_hub.CatchUp)
     assert elsewhere.queue.empty()
 
 
@@ -631,7 +640,7 @@ async def test_a_slow_client_does_not_stall_a_fast_one_on_a_real_server(
     # Should the reading stream fall behind once, its catch-up replays rather
     # than asking it to reload.
     monkeypatch.setattr(events, "REPLAY_LIMIT", 100_000)
-    app = create_app(settings, registry)
+    app = create_app(settings, registry, api_services)
     # Small socket buffers on the server side (accepted sockets inherit them
     # from the listening one): a client that stops reading pushes back after
     # a few KiB, not after the megabytes loopback autotuning would allow.
@@ -664,7 +673,7 @@ async def test_a_slow_client_does_not_stall_a_fast_one_on_a_real_server(
             await loop.sock_connect(sock, ("127.0.0.1", port))
             await loop.sock_sendall(sock, request)
             await _read_response_head(sock)
-        hub: events.EventHub = app.extensions[events.HUB_EXTENSION]
+        hub: event_hub.EventHub = app.extensions[events.HUB_EXTENSION]
         assert hub.stream_count() == 2
         received = bytearray()
 

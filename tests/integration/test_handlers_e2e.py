@@ -23,10 +23,15 @@ from quart.typing import TestClientProtocol as Client
 from taskflow.api import create_app
 from taskflow.config import Settings
 from taskflow.handlers import build_registry
-from taskflow.scheduler import Scheduler
-from taskflow.worker import Worker
+from taskflow.runtime import api_services
 from tests import servers
-from tests.conftest import auth_headers, make_settings, running, wait_until
+from tests.conftest import (
+    auth_headers,
+    make_settings,
+    running_scheduler,
+    running_worker,
+    wait_until,
+)
 from tests.servers import CONTENT_KINDS, HTTPTestServer, SMTPTestServer, body_of, sha256_of
 
 # Fixtures from tests.servers, bound here so pytest finds them in this module.
@@ -65,11 +70,11 @@ def make_stack_settings(
 @asynccontextmanager
 async def stack(settings: Settings) -> AsyncIterator[Client]:
     """The API, a scheduler and a worker, all on these settings."""
-    app = create_app(settings, build_registry(settings))
+    app = create_app(settings, build_registry(settings), api_services)
     async with (
         app.test_app() as test_app,
-        running(Scheduler(settings)),
-        running(Worker(settings, build_registry(settings), concurrency=3)),
+        running_scheduler(settings),
+        running_worker(settings, concurrency=3),
     ):
         yield test_app.test_client()
 

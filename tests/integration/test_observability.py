@@ -14,13 +14,18 @@ from quart.typing import TestClientProtocol as Client
 from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.enqueue import new_task_id
-from taskflow.handlers import build_registry
 from taskflow.metrics import REGISTRY
-from taskflow.scheduler import Scheduler
-from taskflow.store import NewTask, Store
-from taskflow.worker import Worker
-from tests.conftest import AMQP_URL, auth_headers, new_user, running, wait_until
+from taskflow.store.tasks import NewTask
+from tests.conftest import (
+    AMQP_URL,
+    auth_headers,
+    new_user,
+    running_scheduler,
+    running_worker,
+    wait_until,
+)
 from tests.processes import Component, component_env, free_port, wait_for_http
+from tests.stores import Store
 
 
 def sample(name: str, **labels: str) -> float:
@@ -88,7 +93,7 @@ async def test_worker_metrics_count_outcomes_and_latency(store: Store, settings:
     await broker.publish_ids([rows[0]["id"]])
     await broker.close()
     fast = settings.model_copy(update={"scheduler_interval_ms": 50})
-    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+    async with running_scheduler(fast), running_worker(fast):
 
         async def finished() -> bool:
             status = await store.pool.fetchval("SELECT status FROM tasks")

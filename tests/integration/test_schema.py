@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from taskflow.errors import ConfigError
 from taskflow.models import TERMINAL, TRANSITIONS, TaskStatus
-from taskflow.store import apply_migrations, connect
+from taskflow.store.migrations import SqlFile, apply_migrations, repeatable_files
+from taskflow.store.pool import connect
 from tests.conftest import _admin, dsn_for
 
 
@@ -150,12 +153,18 @@ async def test_migrations_apply_to_an_empty_database_twice_in_parallel() -> None
         )
         # Exactly one of the two applied each file; the other found it done.
         assert sorted(first + second) == sorted(set(first + second))
-        assert len(first + second) >= 1
+        versions = [name for name in first + second if "/" not in name]
+        repeatables = [name for name in first + second if "/" in name]
+        assert versions
+        assert repeatables == [f.name for f in repeatable_files()]
         assert await apply_migrations(dsn_for(name)) == []
         connection = await connect(dsn_for(name))
         try:
             assert await connection.fetchval("SELECT count(*) FROM schema_migrations") == len(
-                first + second
+                versions
+            )
+            assert await connection.fetchval("SELECT count(*) FROM schema_repeatables") == len(
+                repeatables
             )
         finally:
             await connection.close()
@@ -164,15 +173,59 @@ async def test_migrations_apply_to_an_empty_database_twice_in_parallel() -> None
 
 
 async def test_edited_migration_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from taskflow.errors import ConfigError
-
     name = f"taskflow_migrate_{uuid.uuid4().hex[:8]}"
     await _admin(f'CREATE DATABASE "{name}"')
     try:
         (tmp_path / "0001_a.sql").write_text("CREATE TABLE a (x int);")
-        assert await apply_migrations(dsn_for(name), tmp_path) == ["0001_a"]
+        assert await apply_migrations(dsn_for(name), tmp_path, repeatables=[]) == ["0001_a"]
         (tmp_path / "0001_a.sql").write_text("CREATE TABLE a (x bigint);")
         with pytest.raises(ConfigError, match="only move forward"):
-            await apply_migrations(dsn_for(name), tmp_path)
+            await apply_migrations(dsn_for(name), tmp_path, repeatables=[])
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_repeatable_sql_is_applied_again_when_a_file_changes(tmp_path: Path) -> None:
+    name = f"taskflow_migrate_{uuid.uuid4().hex[:8]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    try:
+        (tmp_path / "0001_a.sql").write_text("CREATE TABLE a (x int);")
+        view = SqlFile("ops/sql/01_a.sql", "CREATE OR REPLACE VIEW a_view AS SELECT x FROM a;")
+        function = SqlFile(
+            "db/functions/01_f.sql",
+            "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
+        )
+        applied = await apply_migrations(dsn_for(name), tmp_path, repeatables=[function, view])
+        assert applied == ["0001_a", function.name, view.name]
+        # Unchanged: nothing runs again.
+        assert await apply_migrations(dsn_for(name), tmp_path, repeatables=[function, view]) == []
+        # Editing one file is how a function changes: no new migration.
+        edited = SqlFile(function.name, function.sql.replace("SELECT 1", "SELECT 2"))
+        assert await apply_migrations(dsn_for(name), tmp_path, repeatables=[edited, view]) == [
+            function.name
+        ]
+        connection = await connect(dsn_for(name))
+        try:
+            assert await connection.fetchval("SELECT f()") == 2
+            recorded = dict(await connection.fetch("SELECT name, checksum FROM schema_repeatables"))
+            assert recorded == {edited.name: edited.checksum, view.name: view.checksum}
+        finally:
+            await connection.close()
+        # A file that fails names itself, and nothing of the round is kept.
+        broken = SqlFile(view.name, "CREATE OR REPLACE VIEW a_view AS SELECT nope FROM a;")
+        with pytest.raises(ConfigError, match=r"ops/sql/01_a\.sql"):
+            await apply_migrations(
+                dsn_for(name),
+                tmp_path,
+                repeatables=[
+                    SqlFile(function.name, function.sql.replace("SELECT 1", "SELECT 3")),
+                    broken,
+                ],
+            )
+        connection = await connect(dsn_for(name))
+        try:
+            assert await connection.fetchval("SELECT f()") == 2
+        finally:
+            await connection.close()
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

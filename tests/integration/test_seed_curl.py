@@ -26,9 +26,9 @@ from uuid import UUID
 
 import pytest
 
-from taskflow.store import Store
 from tests.conftest import AMQP_URL, TEST_SECRET
 from tests.integration.api_helpers import drain_queue, task_row
+from tests.stores import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED_README = REPO_ROOT.parent / "shared" / "seed" / "000_b2df771ad2789501.txt"

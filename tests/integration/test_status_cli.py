@@ -17,11 +17,9 @@ import pytest
 
 from taskflow.config import Settings
 from taskflow.enqueue import new_task_id
-from taskflow.handlers import build_registry
-from taskflow.scheduler import Scheduler
-from taskflow.store import NewTask, Store, connect
-from taskflow.worker import Worker
-from tests.conftest import new_user, running, wait_until
+from taskflow.store.pool import connect
+from taskflow.store.tasks import NewTask
+from tests.conftest import new_user, running_scheduler, running_worker, wait_until
 from tests.integration.ops_helpers import (
     PYTHON,
     all_in,
@@ -31,6 +29,7 @@ from tests.integration.ops_helpers import (
     subprocess_env,
     write_config,
 )
+from tests.stores import Store
 
 
 @dataclass
@@ -93,8 +92,7 @@ async def test_status_shows_queues_workers_failures_and_throughput(
     await create(
         store, fast, user_id, "test_noop", {}, run_at=datetime.now(UTC) + timedelta(days=1)
     )
-    worker = Worker(fast, build_registry(fast), concurrency=2)
-    async with running(Scheduler(fast)), running(worker):
+    async with running_scheduler(fast), running_worker(fast, concurrency=2) as worker:
         await wait_until(all_in(store, done, "done"))
         await wait_until(all_in(store, [failed], "failed"))
         table = await cli("status")
@@ -210,7 +208,7 @@ async def test_tasks_show_prints_the_task_its_history_and_why(
     task_id = await create(
         store, fast, user_id, "test_fail", {"kind": "transient", "times": 1, "delay_seconds": 0}
     )
-    async with running(Scheduler(fast)), running(Worker(fast, build_registry(fast))):
+    async with running_scheduler(fast), running_worker(fast):
         await wait_until(all_in(store, [task_id], "done"))
 
     shown = await cli("tasks", "show", str(task_id))

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from taskflow.broker import Broker
 from taskflow.enqueue import new_task_id
-from taskflow.store import NewTask, Store
+from taskflow.store.tasks import NewTask
 from tests.conftest import AMQP_URL, new_user, wait_until
 from tests.processes import Component, component_env
+from tests.stores import Store
 
 
 async def test_sigterm_drains_then_hands_back(

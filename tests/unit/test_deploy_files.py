@@ -200,16 +200,16 @@ def test_everything_the_dockerfile_copies_exists_in_the_context() -> None:
             continue
         *sources, _destination = shlex.split(rest)
         copied += sources
-    assert {"pyproject.toml", "README.md", "taskflow", "db/migrations", "config.json"} <= set(
+    assert {"pyproject.toml", "README.md", "taskflow", "db", "ops/sql", "config.json"} <= set(
         copied
     )
     for source in copied:
         assert (REPO_ROOT / source).exists(), f"COPY {source}: not in the repository"
         assert not _ignored(source), f"COPY {source}: excluded by ops/Dockerfile.dockerignore"
-    # The wheel force-includes the migrations: the image needs them in the context.
+    # The wheel force-includes the SQL files: the image needs them in the context.
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     force = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
-    assert all(source in copied for source in force)
+    assert all(any(f"{source}/".startswith(f"{c}/") for c in copied) for source in force)
     assert _ignored(".venv/bin/python")
     assert _ignored(".state/secret_key")
     assert _ignored("taskflow/__pycache__/cli.cpython-311.pyc")

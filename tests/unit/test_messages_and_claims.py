@@ -1,4 +1,4 @@
-"""Message bodies and the worker's claim-ahead bookkeeping, without services."""
+"""Message bodies and the worker's slot bookkeeping, without services."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import pytest
 
 from taskflow.broker import MAX_IDS_PER_MESSAGE, Broker, decode_ids, encode_ids
 from taskflow.handlers import build_registry
-from taskflow.worker import CLAIM_AHEAD_SLOTS_FACTOR, Worker
+from taskflow.store.engine import EngineStore
+from taskflow.store.pool import Listener
+from taskflow.worker.process import LISTEN_CHANNELS, Worker
+from taskflow.worker.slots import CLAIM_AHEAD_SLOTS_FACTOR, Slots
 from tests.conftest import make_settings
 
 
@@ -48,23 +51,32 @@ def test_ids_per_message_is_bounded() -> None:
             Broker("amqp://guest:guest@127.0.0.1/", "q", ids_per_message=bad)
 
 
-def _worker(tmp_path: Path, concurrency: int, **tunables: Any) -> Worker:
-    settings = make_settings("unused", queue=None, files=tmp_path, **tunables)
-    return Worker(settings, build_registry(settings), concurrency=concurrency)
+def test_claim_ahead_follows_handler_times() -> None:
+    slots: Slots[object] = Slots(8, claim_ahead_seconds=0.010)
+    assert slots.claim_capacity() == 8  # nothing known about the handlers yet
+    slots.observe_handler_time(0.00005)  # instant handlers: the cap
+    assert slots.claim_capacity() == 8 + CLAIM_AHEAD_SLOTS_FACTOR * 8
+    slots.handler_seconds = 0.005  # 8 slots x 10 ms / 5 ms
+    assert slots.claim_capacity() == 8 + 16
+    slots.handler_seconds = 2.0  # long handlers: only free slots
+    assert slots.claim_capacity() == 8
+    off: Slots[object] = Slots(8, claim_ahead_seconds=0)
+    off.observe_handler_time(0.00005)
+    assert off.claim_capacity() == 8
 
 
-def test_claim_ahead_follows_handler_times(tmp_path: Path) -> None:
-    worker = _worker(tmp_path, 8, worker_claim_ahead_ms=10)
-    assert worker.claim_capacity == 8  # nothing known about the handlers yet
-    worker._observe_handler_time(0.00005)  # instant handlers: the cap
-    assert worker.claim_capacity == 8 + CLAIM_AHEAD_SLOTS_FACTOR * 8
-    worker._handler_seconds = 0.005  # 8 slots x 10 ms / 5 ms
-    assert worker.claim_capacity == 8 + 16
-    worker._handler_seconds = 2.0  # long handlers: only free slots
-    assert worker.claim_capacity == 8
-    off = _worker(tmp_path, 8, worker_claim_ahead_ms=0)
-    off._observe_handler_time(0.00005)
-    assert off.claim_capacity == 8
+def test_slots_count_running_waiting_and_claiming() -> None:
+    slots: Slots[str] = Slots(2, claim_ahead_seconds=0)
+    slots.claiming = 1
+    slots.ready.extend(["a", "b", "c"])
+    assert slots.free == 2 - 3 - 1
+    assert slots.take_startable() == "a"
+    assert slots.take_startable() == "b"
+    assert slots.take_startable() is None  # both slots run
+    slots.release()
+    assert slots.take_startable() == "c"
+    assert slots.running == 2
+    assert not slots.ready
 
 
 def _claimed_row(task_id: uuid.UUID) -> dict[str, Any]:
@@ -78,33 +90,44 @@ def _claimed_row(task_id: uuid.UUID) -> dict[str, Any]:
         "max_retries": 0,
         "user_id": 1,
         "result": None,
+        "last_attempt": True,
     }
 
 
 async def test_a_task_claimed_ahead_waits_and_a_cancel_keeps_it_from_starting(
     tmp_path: Path,
 ) -> None:
-    worker = _worker(tmp_path, 1)
-    worker._handlers_running = 1  # the only slot is busy
+    settings = make_settings("postgresql://unused/db", queue=None, files=tmp_path)
+    # Nothing here reaches Postgres: the pool is never asked for a connection.
+    worker = Worker(
+        settings,
+        build_registry(settings),
+        EngineStore(None),  # type: ignore[arg-type]
+        broker=None,
+        listener=Listener("postgresql://unused/db", LISTEN_CHANNELS, name="unused"),
+        worker_id="unit",
+        concurrency=1,
+    )
+    worker.slots.running = 1  # the only slot is busy
     waiting, cancelled = uuid.uuid4(), uuid.uuid4()
     worker._start(_claimed_row(waiting))  # type: ignore[arg-type]
     worker._start(_claimed_row(cancelled))  # type: ignore[arg-type]
     assert worker.running[waiting].job is None
-    assert worker.free_slots == -2  # claimed ahead counts against the slots
+    assert worker.slots.free == -2  # claimed ahead counts against the slots
     worker._on_notify("taskflow_cancel", str(cancelled))
     assert worker.running[cancelled].stop_reason == "cancelled"
 
-    worker._handlers_running = 0  # the slot frees: the next waiting task starts
+    worker.slots.running = 0  # the slot frees: the next waiting task starts
     worker._start_ready()
     assert worker.running[waiting].job is not None
-    assert worker._handlers_running == 1
+    assert worker.slots.running == 1
     assert cancelled in worker.running  # still behind the running one
-    worker._accepting = False  # shutting down: the cancelled one must never start
+    worker.intake.accepting = False  # shutting down: the cancelled one must never start
     job = worker.running[waiting].job
     assert job is not None
     job.cancel()
     await asyncio.gather(job, return_exceptions=True)
     await asyncio.sleep(0)
     assert waiting not in worker.running  # its slot came back via the done callback
-    assert worker._handlers_running == 0
+    assert worker.slots.running == 0
     assert worker.running[cancelled].job is None

@@ -1,13 +1,10 @@
-"""The transition table, backoff bounds, and payload rules of SPEC §5."""
+"""The transition table and the payload rules of SPEC §5."""
 
 from __future__ import annotations
-
-import random
 
 import pytest
 from pydantic import ValidationError
 
-from taskflow.backoff import backoff_seconds
 from taskflow.models import (
     CANCELLABLE,
     EDITABLE,
@@ -54,24 +51,6 @@ def test_derived_sets() -> None:
     assert {S.FAILED, S.CANCELLED} == RETRYABLE
     assert set(TRANSITIONS) == set(S)
     assert TRANSITIONS[S.DONE] == frozenset()
-
-
-@pytest.mark.parametrize("attempt", range(1, 40))
-def test_backoff_is_bounded_and_grows(attempt: int) -> None:
-    base, cap = 2000, 600_000
-    ceiling = min(cap, base * 2 ** (attempt - 1)) / 1000
-    rng = random.Random(attempt)
-    delays = [backoff_seconds(attempt, base, cap, rng) for _ in range(200)]
-    assert all(ceiling / 2 <= d <= ceiling for d in delays)
-    assert max(delays) <= cap / 1000
-    assert len(set(delays)) > 100  # jittered, not constant
-
-
-def test_backoff_first_retries() -> None:
-    rng = random.Random(1)
-    assert 1.0 <= backoff_seconds(1, 2000, 600_000, rng) <= 2.0
-    assert 2.0 <= backoff_seconds(2, 2000, 600_000, rng) <= 4.0
-    assert 300 <= backoff_seconds(1000, 2000, 600_000, rng) <= 600
 
 
 # ----- payloads (SPEC §5)

@@ -1,0 +1,154 @@
+-- The engine's trigger functions: history rows for every creation, change of
+-- status and deletion of a task, in the same transaction as the change, for
+-- every writer including a person in psql; the transition check; and the
+-- NOTIFY doorbells. The triggers that call them are declared in
+-- db/migrations (0001, 0003); the functions live here, re-applied by
+-- `taskflow migrate` whenever this file changes.
+--
+-- A writer may name the event and the actor for its transaction with
+--   SELECT set_config('taskflow.event', 'lease_expired', true);
+--   SELECT set_config('taskflow.actor', 'scheduler', true);
+-- otherwise the event is derived from the (from, to) pair and the actor is the
+-- database role.
+
+CREATE OR REPLACE FUNCTION taskflow_event_name(from_s task_status, to_s task_status) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN from_s IS NULL THEN 'created'
+        WHEN to_s = 'processing' THEN 'claimed'
+        WHEN to_s = 'done' THEN 'completed'
+        WHEN to_s = 'cancelled' THEN 'cancelled'
+        WHEN from_s = 'processing' AND to_s = 'retrying' THEN 'attempt_failed'
+        WHEN from_s = 'processing' AND to_s = 'failed' THEN 'failed'
+        WHEN from_s = 'processing' AND to_s = 'queued' THEN 'handed_back'
+        WHEN from_s IN ('failed', 'cancelled') AND to_s = 'queued' THEN 'retried'
+        WHEN to_s = 'queued' THEN 'due'
+        ELSE 'changed'
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION taskflow_actor() RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('taskflow.actor', true), ''), 'sql:' || current_user)
+$$;
+
+-- NOTIFY taskflow_queued wakes workers that claim from Postgres. A process
+-- that hands ids to RabbitMQ turns it off for its connections
+-- (taskflow.notify_queued = off) and notifies by itself only when a publish
+-- fails: a NOTIFY makes its transaction take a database-wide lock through
+-- commit, which would serialise every enqueue behind one WAL flush at a time.
+CREATE OR REPLACE FUNCTION taskflow_notify_queued_enabled() RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('taskflow.notify_queued', true), ''), 'on') <> 'off'
+$$;
+
+CREATE OR REPLACE FUNCTION taskflow_tasks_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO task_history (task_id, at, event, from_status, to_status, attempt, actor)
+    SELECT n.id, n.created_at, 'created', NULL, n.status, n.attempts, taskflow_actor()
+    FROM new_rows n;
+    IF taskflow_notify_queued_enabled() THEN
+        IF EXISTS (SELECT 1 FROM new_rows WHERE status = 'queued') THEN
+            PERFORM pg_notify('taskflow_queued', '');
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION taskflow_tasks_updated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    named_event text := nullif(current_setting('taskflow.event', true), '');
+    actor text := taskflow_actor();
+    forbidden bigint;
+    any_queued boolean;
+    cancelled_ids uuid[];
+    bad record;
+BEGIN
+    WITH changed AS (
+        SELECT n.id, o.status AS from_status, n.status AS to_status, n.attempts,
+               coalesce(n.worker_id, o.worker_id) AS worker_id, n.last_error,
+               t.from_status IS NOT NULL AS allowed
+        FROM old_rows o
+        JOIN new_rows n USING (id)
+        LEFT JOIN task_transitions t ON t.from_status = o.status AND t.to_status = n.status
+        WHERE o.status <> n.status
+    ), written AS (
+        -- Written even when a row is forbidden: the RAISE below undoes it.
+        INSERT INTO task_history (task_id, at, event, from_status, to_status, attempt,
+                                  worker_id, error, actor)
+        SELECT c.id, now(), coalesce(named_event, taskflow_event_name(c.from_status, c.to_status)),
+               c.from_status, c.to_status, c.attempts, c.worker_id,
+               CASE WHEN c.to_status IN ('retrying', 'failed') THEN c.last_error END,
+               actor
+        FROM changed c
+    )
+    SELECT count(*) FILTER (WHERE NOT c.allowed),
+           coalesce(bool_or(c.to_status = 'queued'), false),
+           array_agg(c.id) FILTER (WHERE c.from_status = 'processing'
+                                     AND c.to_status = 'cancelled')
+    INTO forbidden, any_queued, cancelled_ids
+    FROM changed c;
+
+    IF forbidden > 0 THEN
+        SELECT o.id, o.status AS from_status, n.status AS to_status INTO bad
+        FROM old_rows o JOIN new_rows n USING (id)
+        WHERE o.status <> n.status
+          AND NOT EXISTS (SELECT 1 FROM task_transitions t
+                          WHERE t.from_status = o.status AND t.to_status = n.status)
+        LIMIT 1;
+        RAISE EXCEPTION 'task %: % -> % is not an allowed transition',
+            bad.id, bad.from_status, bad.to_status
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'task_transitions';
+    END IF;
+    IF any_queued THEN
+        IF taskflow_notify_queued_enabled() THEN
+            PERFORM pg_notify('taskflow_queued', '');
+        END IF;
+    END IF;
+    -- The worker running a task it was told to stop hears about it here.
+    IF cancelled_ids IS NOT NULL THEN
+        PERFORM pg_notify('taskflow_cancel', id::text) FROM unnest(cancelled_ids) AS id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION taskflow_tasks_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM task_history h USING old_rows o WHERE h.task_id = o.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION taskflow_history_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The common case on a busy system: nobody is watching anyone.
+    IF NOT EXISTS (SELECT 1 FROM task_event_watchers WHERE watched_until > now()) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('taskflow_events', chunk.payload)
+    FROM (
+        SELECT json_agg(e.body ORDER BY e.id)::text AS payload
+        FROM (
+            SELECT h.id,
+                   (row_number() OVER (ORDER BY h.id) - 1) / 16 AS chunk_number,
+                   -- row_to_json writes no blanks: the most compact JSON text.
+                   row_to_json(r) AS body
+            FROM new_rows h
+            JOIN tasks t ON t.id = h.task_id
+            JOIN task_event_watchers w ON w.user_id = t.user_id AND w.watched_until > now()
+            CROSS JOIN LATERAL (
+                SELECT h.id, h.task_id, t.user_id, h.from_status, h.to_status AS status,
+                       left(h.event, 32) AS event, h.attempt, h.at
+            ) AS r
+        ) AS e
+        GROUP BY e.chunk_number
+    ) AS chunk;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION taskflow_history_notify() IS
+    'NOTIFY taskflow_events with new history rows of watched users, 16 per payload.';

@@ -1,0 +1,159 @@
+"""The composition root: what each TaskFlow process is built from.
+
+Every process opens one pool, and a broker when RabbitMQ is configured, here;
+the components (:class:`~taskflow.worker.process.Worker`,
+:class:`~taskflow.scheduler.Scheduler`, the API's services) are given them and
+never open or close them themselves. The CLI runs these for real processes;
+tests and the bench build components the same way.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from taskflow.api import ApiServices
+from taskflow.api.event_hub import CHANNEL as EVENTS_CHANNEL
+from taskflow.broker import Broker
+from taskflow.config import Settings
+from taskflow.enqueue import Enqueuer
+from taskflow.handlers import Registry
+from taskflow.scheduler import Scheduler
+from taskflow.store.accounts import AccountStore
+from taskflow.store.engine import EngineStore
+from taskflow.store.events import LiveEventsStore
+from taskflow.store.operators import OperatorStore
+from taskflow.store.pool import Database, Listener
+from taskflow.store.tasks import TaskStore
+from taskflow.worker.process import LISTEN_CHANNELS, Worker, new_worker_id
+
+# How long a starting process waits for RabbitMQ before it goes on without it
+# (it keeps reconnecting in the background, and Postgres covers meanwhile).
+BROKER_CONNECT_SECONDS = 3.0
+
+
+def _dsn(settings: Settings) -> str:
+    return settings.database_url.get_secret_value()
+
+
+async def _started_broker(settings: Settings, name: str) -> Broker | None:
+    if settings.amqp_url is None:
+        return None
+    broker = Broker(
+        settings.amqp_url.get_secret_value(),
+        settings.amqp_queue,
+        ids_per_message=settings.ids_per_message,
+        name=name,
+    )
+    broker.start()
+    await broker.wait_connected(timeout=BROKER_CONNECT_SECONDS)
+    return broker
+
+
+@asynccontextmanager
+async def worker_runtime(
+    settings: Settings,
+    registry: Registry,
+    *,
+    concurrency: int | None = None,
+    worker_id: str | None = None,
+    burst: bool = False,
+    use_broker: bool = True,
+) -> AsyncIterator[Worker]:
+    """A worker and what it runs on; ``burst`` or ``use_broker=False`` claim
+    from Postgres only."""
+    worker_id = worker_id or new_worker_id()
+    database = await Database.open(
+        _dsn(settings),
+        min_size=2,
+        max_size=4,
+        application_name=f"taskflow-worker {worker_id}",
+        actor=f"worker:{worker_id}",
+    )
+    broker = None
+    try:
+        if use_broker and not burst:
+            broker = await _started_broker(settings, f"taskflow-worker {worker_id}")
+        yield Worker(
+            settings,
+            registry,
+            EngineStore(database.pool),
+            broker=broker,
+            listener=Listener(
+                _dsn(settings), LISTEN_CHANNELS, name=f"taskflow-worker-listen {worker_id}"
+            ),
+            worker_id=worker_id,
+            concurrency=concurrency,
+            burst=burst,
+        )
+    finally:
+        if broker is not None:
+            await broker.close()
+        await database.close()
+
+
+@asynccontextmanager
+async def scheduler_runtime(settings: Settings) -> AsyncIterator[Scheduler]:
+    database = await Database.open(
+        _dsn(settings),
+        min_size=1,
+        max_size=3,
+        application_name="taskflow-scheduler",
+        actor="scheduler",
+        # With a broker the scheduler publishes what it promotes, and
+        # notifies by itself only when a publish fails.
+        notify_queued=not settings.broker_enabled,
+    )
+    broker = None
+    try:
+        broker = await _started_broker(settings, "taskflow-scheduler")
+        yield Scheduler(
+            settings, EngineStore(database.pool), OperatorStore(database.pool), broker=broker
+        )
+    finally:
+        if broker is not None:
+            await broker.close()
+        await database.close()
+
+
+@asynccontextmanager
+async def api_services(settings: Settings, registry: Registry) -> AsyncIterator[ApiServices]:
+    """The API's services, for as long as the app serves (``create_app``)."""
+    database = await Database.open(
+        _dsn(settings),
+        min_size=2,
+        max_size=20,
+        application_name="taskflow-api",
+        actor="api",
+        notify_queued=not settings.broker_enabled,
+    )
+    broker = None
+    enqueuer = None
+    try:
+        broker = await _started_broker(settings, f"taskflow-api {socket.gethostname()}")
+        tasks = TaskStore(database.pool)
+        enqueuer = Enqueuer(
+            tasks,
+            registry,
+            broker,
+            reject_past_run_at=settings.reject_past_run_at,
+            group_inserts=True,
+        )
+        enqueuer.start()
+        yield ApiServices(
+            database=database,
+            accounts=AccountStore(database.pool),
+            tasks=tasks,
+            events=LiveEventsStore(database.pool),
+            operators=OperatorStore(database.pool),
+            enqueuer=enqueuer,
+            broker=broker,
+            event_listener=Listener(_dsn(settings), [EVENTS_CHANNEL], name="taskflow-api-events"),
+        )
+    finally:
+        if enqueuer is not None:
+            await enqueuer.close()
+        if broker is not None:
+            await broker.close()
+        await database.close()

@@ -1,0 +1,272 @@
+"""The engine's guarded transitions: what workers and schedulers do to tasks.
+
+Workers claim, heartbeat, finish and hand back; schedulers promote due rows,
+rescue lapsed leases, republish and prune. Every statement by id probes the
+primary key (see CLAIMED_COLUMNS' comment); every outcome is fenced by the
+claim token of the attempt that wrote it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from taskflow.models import TaskStatus
+from taskflow.store.pool import Queries, Record, name_change
+
+# last_attempt: whether a failure of this attempt ends the task, by the one
+# retry rule (taskflow/retries.py), for the handler's context.
+CLAIMED_COLUMNS = """
+    t.id, t.user_id, t.type, t.payload, t.attempts, t.max_retries, t.result,
+    t.claim_token, t.run_at,
+    taskflow_attempt_status(t.attempts, t.max_retries, false) = 'failed' AS last_attempt
+"""
+# The worker's statements by id compare the status as text ("t.status::text =
+# 'processing'"). Compared as an enum, the guard matches the predicate of a
+# partial index (tasks_queued_idx, tasks_lease_idx), and when the statistics
+# say that slice is nearly empty (as they do whenever the last ANALYZE saw no
+# task processing) the planner reads the whole partial index instead of probing
+# the primary key. Those indexes churn with every claim and finish and hold
+# thousands of dead entries during a drain: a finish of 30 tasks took seconds
+# of CPU that way. As text the guard is only a filter after the primary key.
+#
+# The claim: a guarded UPDATE by id. A duplicate or stale message (the task was
+# already claimed, finished or cancelled) matches nothing and is dropped.
+CLAIM_QUEUED_TASKS = f"""
+UPDATE tasks t SET status = 'processing', attempts = t.attempts + 1, worker_id = $2,
+    lease_expires_at = now() + make_interval(secs => $3), started_at = now(),
+    claim_token = nextval('task_claim_token_seq'), updated_at = now()
+WHERE t.id = ANY($1::uuid[]) AND t.status::text = 'queued'
+RETURNING {CLAIMED_COLUMNS}
+"""
+# Without a broker, or to balance load: take the next rows in priority order
+# that have been queued for at least $4 seconds. SKIP LOCKED so many workers
+# never wait on, or take, the same row.
+CLAIM_NEXT_TASKS = f"""
+WITH next AS (
+    SELECT id FROM tasks
+    WHERE status = 'queued'
+      AND ($4::float8 = 0 OR updated_at < now() - make_interval(secs => $4::float8))
+    ORDER BY priority DESC, run_at, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t SET status = 'processing', attempts = t.attempts + 1, worker_id = $2,
+    lease_expires_at = now() + make_interval(secs => $3), started_at = now(),
+    claim_token = nextval('task_claim_token_seq'), updated_at = now()
+FROM next WHERE t.id = next.id
+RETURNING {CLAIMED_COLUMNS}
+"""
+# Fenced: only the attempt holding claim_token may write its outcome. A worker
+# whose lease lapsed (and whose task was rescued or re-claimed) changes nothing.
+# The worker says how the attempt ended (done, permanent, transient error);
+# what follows is the one retry rule's (taskflow/retries.py): the next status
+# from taskflow_attempt_status, the delay from the handler's own (Retry-After)
+# or taskflow_backoff_seconds ($8, $9: the configured base and cap).
+FINISH_PROCESSING_TASKS = """
+UPDATE tasks t SET
+    status = CASE WHEN o.ending = 'done' THEN 'done'::task_status
+                  ELSE taskflow_attempt_status(t.attempts, t.max_retries, o.ending = 'permanent')
+             END,
+    result = CASE WHEN o.ending = 'done' OR o.has_result THEN o.result ELSE t.result END,
+    last_error = coalesce(o.error, t.last_error),
+    run_at = CASE WHEN o.ending <> 'done' AND taskflow_attempt_status(
+                           t.attempts, t.max_retries, o.ending = 'permanent') = 'retrying'
+                  THEN now() + make_interval(secs => coalesce(
+                      o.delay_seconds, taskflow_backoff_seconds(t.attempts, $8, $9)))
+                  ELSE t.run_at END,
+    finished_at = CASE WHEN o.ending = 'done' OR taskflow_attempt_status(
+                                t.attempts, t.max_retries, o.ending = 'permanent') = 'failed'
+                       THEN now() END,
+    lease_expires_at = NULL,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::bool[], $6::text[],
+            $7::float8[])
+     AS o(id, claim_token, ending, result, has_result, error, delay_seconds)
+WHERE t.id = o.id AND t.claim_token = o.claim_token AND t.status::text = 'processing'
+RETURNING t.id, t.status
+"""
+EXTEND_LEASES = """
+WITH beat AS (
+    UPDATE workers SET last_heartbeat_at = now(), stopped_at = NULL WHERE id = $1
+)
+UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $4)
+FROM unnest($2::uuid[], $3::bigint[]) AS h(id, claim_token)
+WHERE t.id = h.id AND t.claim_token = h.claim_token AND t.status::text = 'processing'
+RETURNING t.id
+"""
+# Graceful shutdown: the attempt did not really happen, so it is not counted.
+HAND_BACK_TASKS = """
+UPDATE tasks t SET status = 'queued', attempts = t.attempts - 1, worker_id = NULL,
+    lease_expires_at = NULL, started_at = NULL, updated_at = now()
+FROM unnest($1::uuid[], $2::bigint[]) AS h(id, claim_token)
+WHERE t.id = h.id AND t.claim_token = h.claim_token AND t.status::text = 'processing'
+RETURNING t.id
+"""
+SAVE_TASK_PROGRESS = """
+UPDATE tasks SET result = $3
+WHERE id = $1 AND claim_token = $2 AND status::text = 'processing'
+RETURNING id
+"""
+REGISTER_WORKER = """
+INSERT INTO workers (id, hostname, pid, concurrency, queue) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), stopped_at = NULL
+"""
+DEREGISTER_WORKER = "UPDATE workers SET stopped_at = now() WHERE id = $1"
+
+# SKIP LOCKED so two schedulers never promote the same row, nor wait on each other.
+PROMOTE_DUE_TASKS = """
+WITH due AS (
+    SELECT id FROM tasks
+    WHERE status IN ('postponed', 'retrying') AND run_at <= now()
+    ORDER BY run_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t SET status = 'queued', updated_at = now()
+FROM due WHERE t.id = due.id
+RETURNING t.id
+"""
+# A lapsed lease means the worker died, hung or lost Postgres. The attempt
+# counts; the task retries at once, unless it is out of retries or its handler
+# keeps killing workers (quarantine after max_lease_crashes). The rule is one
+# SQL function (ops/sql/14_requeue_stuck.sql), shared with the operators'
+# taskflow_requeue_stuck().
+RESCUE_EXPIRED_LEASES = """
+SELECT id, status, worker_id FROM taskflow_rescue_expired_leases($1, $2)
+"""
+# Touching updated_at marks the row as republished, so the next tick skips it.
+REPUBLISH_STALE_QUEUED = """
+WITH stale AS (
+    SELECT id FROM tasks
+    WHERE status = 'queued' AND updated_at < now() - make_interval(secs => $1)
+    ORDER BY priority DESC, run_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t SET updated_at = now() FROM stale WHERE t.id = stale.id
+RETURNING t.id
+"""
+PRUNE_HISTORY = """
+DELETE FROM task_history WHERE id IN (
+    SELECT h.id FROM task_history h JOIN tasks t ON t.id = h.task_id
+    WHERE h.at < now() - make_interval(days => $1)
+      AND t.status IN ('done', 'failed', 'cancelled')
+    LIMIT $2
+)
+"""
+TRY_SCHEDULER_DUTY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a worker reports for one attempt: how it ended ("done",
+    "permanent", "transient"), not what follows (the retry rule decides)."""
+
+    task_id: UUID
+    claim_token: int
+    ending: str
+    result: Any = None
+    has_result: bool = False
+    error: str | None = None
+    delay_seconds: float | None = None
+
+
+class EngineStore(Queries):
+    """The worker's and the scheduler's statements."""
+
+    async def claim_queued_tasks(
+        self, task_ids: Sequence[UUID], worker_id: str, lease_seconds: float
+    ) -> list[Record]:
+        return await self.pool.fetch(CLAIM_QUEUED_TASKS, list(task_ids), worker_id, lease_seconds)
+
+    async def claim_next_tasks(
+        self, limit: int, worker_id: str, lease_seconds: float, *, queued_for_seconds: float = 0
+    ) -> list[Record]:
+        return await self.pool.fetch(
+            CLAIM_NEXT_TASKS, limit, worker_id, lease_seconds, queued_for_seconds
+        )
+
+    async def finish_processing_tasks(
+        self, outcomes: Sequence[Outcome], *, backoff_base_ms: int, backoff_max_ms: int
+    ) -> dict[UUID, TaskStatus]:
+        """Write outcomes; returns the new status of each task whose fence
+        held (the others were lost)."""
+        rows = await self.pool.fetch(
+            FINISH_PROCESSING_TASKS,
+            [o.task_id for o in outcomes],
+            [o.claim_token for o in outcomes],
+            [o.ending for o in outcomes],
+            [o.result for o in outcomes],
+            [o.has_result for o in outcomes],
+            [o.error for o in outcomes],
+            [o.delay_seconds for o in outcomes],
+            backoff_base_ms,
+            backoff_max_ms,
+        )
+        return {row["id"]: TaskStatus(row["status"]) for row in rows}
+
+    async def extend_leases(
+        self, worker_id: str, claims: Sequence[tuple[UUID, int]], lease_seconds: float
+    ) -> set[UUID]:
+        rows = await self.pool.fetch(
+            EXTEND_LEASES,
+            worker_id,
+            [task_id for task_id, _ in claims],
+            [token for _, token in claims],
+            lease_seconds,
+        )
+        return {row["id"] for row in rows}
+
+    async def hand_back_tasks(self, claims: Sequence[tuple[UUID, int]]) -> list[UUID]:
+        rows = await self.pool.fetch(
+            HAND_BACK_TASKS, [task_id for task_id, _ in claims], [token for _, token in claims]
+        )
+        return [row["id"] for row in rows]
+
+    async def save_task_progress(self, task_id: UUID, claim_token: int, result: Any) -> bool:
+        return (
+            await self.pool.fetchval(SAVE_TASK_PROGRESS, task_id, claim_token, result) is not None
+        )
+
+    async def register_worker(
+        self, worker_id: str, hostname: str, concurrency: int, queue: str | None
+    ) -> None:
+        await self.pool.execute(
+            REGISTER_WORKER, worker_id, hostname, os.getpid(), concurrency, queue
+        )
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self.pool.execute(DEREGISTER_WORKER, worker_id)
+
+    # ----- tasks, for the scheduler
+
+    async def promote_due_tasks(self, limit: int) -> list[UUID]:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await name_change(connection, actor="scheduler")
+            rows = await connection.fetch(PROMOTE_DUE_TASKS, limit)
+        return [row["id"] for row in rows]
+
+    async def rescue_expired_leases(self, limit: int, max_lease_crashes: int) -> list[Record]:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await name_change(connection, actor="scheduler", event="lease_expired")
+            return await connection.fetch(RESCUE_EXPIRED_LEASES, limit, max_lease_crashes)
+
+    async def republish_stale_queued(self, older_than_seconds: float, limit: int) -> list[UUID]:
+        rows = await self.pool.fetch(REPUBLISH_STALE_QUEUED, older_than_seconds, limit)
+        return [row["id"] for row in rows]
+
+    async def prune_history(self, retention_days: int, limit: int) -> int:
+        status = await self.pool.execute(PRUNE_HISTORY, retention_days, limit)
+        return int(status.split()[-1])
+
+    async def with_duty_lock(self, lock_id: int, action: Callable[[], Awaitable[Any]]) -> bool:
+        """Run ``action`` only if no other scheduler holds this duty right now."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            if not await connection.fetchval(TRY_SCHEDULER_DUTY_LOCK, lock_id):
+                return False
+            await action()
+            return True

@@ -1,0 +1,271 @@
+"""The connection to Postgres: pools, single connections, LISTEN, and the errors
+that mean "the database is not there right now".
+
+The store package is the only importer of asyncpg. Its modules follow the
+audiences of the database: ``accounts`` and ``tasks`` (the API's queries),
+``engine`` (the worker's and scheduler's guarded transitions), ``operators``
+(``taskflow status``, retention), ``events`` (live streams and the dashboard),
+``migrations``. Each query is a named constant run by the method of the same
+name. Every change of a task's status is a guarded UPDATE (``... AND status =
+...``): no returned row means the transition was not allowed, or somebody else
+got there first. History rows are written by the triggers of
+``db/migrations/0001_initial.sql`` in the same transaction as the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Self, TypeAlias
+
+import asyncpg
+import orjson
+
+from taskflow.errors import StoreUnavailable
+from taskflow.waiting import wait_any
+
+log = logging.getLogger(__name__)
+
+Record = asyncpg.Record
+NotifyCallback = Callable[[str, str], None]
+# A connection of its own or one borrowed from a pool. A string: asyncpg's
+# classes are generic only in their type stubs.
+Connection: TypeAlias = "asyncpg.Connection[Record] | asyncpg.pool.PoolConnectionProxy[Record]"
+
+# Errors that mean "the database is not there right now", as opposed to a bug.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    # Raised when a connection broke in the middle of an operation and is reused.
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+# Everything the database can throw at a running process: worth logging and
+# retrying in a loop that must not die (a claim, a heartbeat, a tick).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            name, encoder=_json_dumps, decoder=orjson.loads, schema="pg_catalog"
+        )
+
+
+def _server_settings(
+    application_name: str, actor: str | None, notify_queued: bool = True
+) -> dict[str, str]:
+    # Read by the triggers, set once per connection instead of once per
+    # transaction: who makes the changes, and whether enqueues NOTIFY (see
+    # taskflow_notify_queued_enabled in the schema).
+    settings = {"application_name": application_name[:63]}
+    if actor:
+        settings["taskflow.actor"] = actor
+    if not notify_queued:
+        settings["taskflow.notify_queued"] = "off"
+    return settings
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (RESET ALL, UNLISTEN *, ...):
+    TaskFlow never leaves session state on a pooled connection (its
+    set_config calls are transaction-local; LISTEN uses its own connection),
+    and the reset would cost a round trip on every query."""
+
+
+async def connect(
+    dsn: str, *, application_name: str = "taskflow", actor: str | None = None
+) -> asyncpg.Connection:
+    connection = await asyncpg.connect(
+        dsn, server_settings=_server_settings(application_name, actor), timeout=10
+    )
+    await _init_connection(connection)
+    return connection
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    application_name: str = "taskflow",
+    actor: str | None = None,
+    notify_queued: bool = True,
+) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            reset=_keep_session,
+            server_settings=_server_settings(application_name, actor, notify_queued),
+            timeout=10,
+            command_timeout=60,
+        )
+    except CONNECTION_ERRORS as exc:
+        raise StoreUnavailable(f"cannot connect to Postgres: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+SELECT_READY = "SELECT 1"
+NOTIFY_QUEUED = "SELECT pg_notify('taskflow_queued', '')"
+
+
+class Queries:
+    """A family of queries over a shared pool; each process opens one pool
+    (:meth:`Database.open`) and hands it to the families it needs."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def notify_queued(self) -> None:
+        """Wake the workers that claim from Postgres (the broker missed ids)."""
+        await self.pool.execute(NOTIFY_QUEUED)
+
+
+class Database(Queries):
+    """A process's pool: opened once by its composition root, closed at exit."""
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        application_name: str = "taskflow",
+        actor: str | None = None,
+        notify_queued: bool = True,
+    ) -> Self:
+        """``notify_queued=False``: this process publishes ids to RabbitMQ, and
+        calls :meth:`notify_queued` itself when a publish fails."""
+        return cls(
+            await create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                application_name=application_name,
+                actor=actor or application_name,
+                notify_queued=notify_queued,
+            )
+        )
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def ready(self) -> bool:
+        await self.pool.fetchval(SELECT_READY, timeout=2)
+        return True
+
+
+async def name_change(connection: Connection, *, actor: str, event: str | None = None) -> None:
+    """Tell the history trigger who makes this transaction's changes."""
+    await connection.execute(
+        "SELECT set_config('taskflow.actor', $1, true), set_config('taskflow.event', $2, true)",
+        actor,
+        event or "",
+    )
+
+
+def _unheard(_channel: str, _payload: str) -> None:
+    """Notifications that arrive before the owner says where they go."""
+
+
+class Listener:
+    """One connection LISTENing on channels, reconnecting when Postgres goes
+    away. Built by a process's composition root; its owner says where the
+    notifications go (:meth:`on_notify`) and runs it."""
+
+    def __init__(self, dsn: str, channels: Iterable[str], *, name: str) -> None:
+        self.dsn = dsn
+        self.channels = tuple(channels)
+        self.callback: NotifyCallback = _unheard
+        self.name = name
+        self._connection: asyncpg.Connection | None = None
+        self.connected = asyncio.Event()
+        self.lost = asyncio.Event()
+
+    def on_notify(self, callback: NotifyCallback) -> None:
+        self.callback = callback
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                self._connection = await connect(self.dsn, application_name=self.name)
+                self.lost.clear()
+                self._connection.add_termination_listener(lambda _c: self.lost.set())
+                for channel in self.channels:
+                    await self._connection.add_listener(channel, self._on_notify)
+                self.connected.set()
+                delay = 0.1
+                # Wake up periodically to notice a silently dead connection.
+                while not stop.is_set() and not self.lost.is_set():
+                    await wait_any(stop, self.lost, timeout=5)
+                    if not stop.is_set() and not self.lost.is_set():
+                        await self._connection.execute("SELECT 1", timeout=5)
+            except DATABASE_ERRORS as exc:
+                log.warning(
+                    "listener connection lost",
+                    extra={"event": "listener_lost", "error": str(exc)},
+                )
+            finally:
+                self.connected.clear()
+                if self._connection is not None:
+                    self._connection.terminate()
+                    self._connection = None
+            if not stop.is_set():
+                await wait_any(stop, timeout=delay)
+                delay = min(delay * 2, 5)
+                # Anything may have happened while we were deaf: let the owner look.
+                self.callback("reconnected", "")
+
+    def _on_notify(self, _connection: Any, _pid: int, channel: str, payload: object, /) -> None:
+        self.callback(channel, str(payload))
+
+
+async def create_database_if_missing(dsn: str) -> bool:
+    """Create the database named in ``dsn`` (connecting to ``postgres`` to do it)."""
+    from urllib.parse import unquote, urlsplit
+
+    database = unquote(urlsplit(dsn).path.lstrip("/")) or "postgres"
+    try:
+        connection = await connect(dsn)
+        await connection.close()
+        return False
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    admin_dsn = _replace_database(dsn, "postgres")
+    connection = await connect(admin_dsn)
+    try:
+        await connection.execute(f'CREATE DATABASE "{database.replace(chr(34), chr(34) * 2)}"')
+    except asyncpg.DuplicateDatabaseError:
+        return False
+    finally:
+        await connection.close()
+    return True
+
+
+def _replace_database(dsn: str, database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
