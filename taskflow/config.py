@@ -63,6 +63,28 @@ class Tunables(BaseModel):
     worker_claim_ahead_ms: Annotated[int, Field(ge=0, le=60_000)] = 10
     max_lease_crashes: Annotated[int, Field(ge=1, le=100)] = 3
     reject_past_run_at: bool = False
+    # ----- accounts (SPEC §8): failed logins per email, and per client
+    # address, within the window; then 429 until it ends, even with the right
+    # password. Registrations per client address per hour.
+    login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    login_max_failures_per_address: Annotated[int, Field(ge=1, le=100_000)] = 20
+    login_window_seconds: Annotated[float, Field(ge=1, le=86400)] = 900
+    register_per_address_per_hour: Annotated[int, Field(ge=1, le=100_000)] = 20
+    # Argon2 hashes (64 MiB and tens of milliseconds each) run this many at a
+    # time, on threads of their own; a login or registration that cannot get
+    # one within the wait answers 503 with Retry-After instead of queueing.
+    password_hash_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    password_hash_wait_seconds: Annotated[float, Field(gt=0, le=60)] = 5
+    # ----- the HTTP server and uploads: a client must send its request headers
+    # within this time (slow ones are dropped), and a whole upload within
+    # upload_timeout_seconds.
+    http_header_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10
+    upload_timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 600
+    # A list response stops at this many bytes of task JSON (fewer rows, and a
+    # Link to the rest), whatever limit the client asked for.
+    list_response_max_bytes: Annotated[int, Field(ge=64 * 1024)] = 8 * MIB
+    # Temporary files of writers that crashed are removed once this old.
+    temporary_file_max_age_seconds: Annotated[float, Field(ge=60)] = 3600
 
     @model_validator(mode="before")
     @classmethod

@@ -67,6 +67,34 @@ class PayloadTooLarge(TaskFlowError):
     """The request body is too large."""
 
 
+class LimitExceeded(TaskFlowError):
+    """A limit was reached; try again later.
+
+    ``limit`` names the limit (its config key, e.g. ``login_max_failures``);
+    ``retry_after_seconds`` says when trying again can succeed.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        limit: str,
+        retry_after_seconds: float | None = None,
+        details: Any = None,
+    ) -> None:
+        super().__init__(message, details=details)
+        self.limit = limit
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Overloaded(TaskFlowError):
+    """The service is busy; try again shortly."""
+
+    def __init__(self, message: str | None = None, *, retry_after_seconds: float = 1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class StoreUnavailable(TaskFlowError):
     """The database is not reachable."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from quart import Quart, Response, g
@@ -15,7 +16,9 @@ from taskflow.errors import (
     Forbidden,
     InvalidCredentials,
     InvalidTransition,
+    LimitExceeded,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     StoreUnavailable,
     TaskFlowError,
@@ -36,6 +39,8 @@ STATUS_BY_ERROR: dict[type[TaskFlowError], int] = {
     InvalidTransition: 409,
     Conflict: 409,
     PayloadTooLarge: 413,
+    LimitExceeded: 429,
+    Overloaded: 503,
     StoreUnavailable: 503,
 }
 
@@ -67,7 +72,17 @@ def install_error_handlers(app: Quart) -> None:
         status = status_for(error)
         if status >= 500:
             log.error("request failed", extra={"event": "request_error", "error": error.message})
-        response = json_response(error_body(error.message, error.details), status)
+        body = error_body(error.message, error.details)
+        retry_after: float | None = None
+        if isinstance(error, LimitExceeded):
+            body["limit"] = error.limit
+            retry_after = error.retry_after_seconds
+        elif isinstance(error, Overloaded):
+            retry_after = error.retry_after_seconds
+        response = json_response(body, status)
+        if retry_after is not None:
+            # Whole seconds, rounded up: a client that waits that long is past it.
+            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="taskflow"'
         return response
