@@ -99,8 +99,42 @@ async def test_finished_at_iff_terminal(db: asyncpg.Connection) -> None:
     task_id = await insert_task(db, TaskStatus.QUEUED)
     with pytest.raises(asyncpg.CheckViolationError, match="tasks_finished_iff_terminal"):
         await db.execute("UPDATE tasks SET finished_at = now() WHERE id = $1", task_id)
+    # Changed together with the status, a contradicting field is still refused:
+    # only a field the change leaves unset is filled in.
+    done = await insert_task(db, TaskStatus.DONE)
     with pytest.raises(asyncpg.CheckViolationError, match="tasks_finished_iff_terminal"):
-        await db.execute("UPDATE tasks SET status = 'cancelled' WHERE id = $1", task_id)
+        await db.execute("UPDATE tasks SET finished_at = NULL WHERE id = $1", done)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        (source, target)
+        for source, targets in TRANSITIONS.items()
+        for target in targets
+        if target != TaskStatus.PROCESSING
+    ],
+)
+async def test_a_plain_status_update_fills_in_what_it_implies(
+    db: asyncpg.Connection, source: TaskStatus, target: TaskStatus
+) -> None:
+    """What an operator types in psql: only the status. The database fills in
+    the rest and records the change (SPEC §7.7)."""
+    task_id = await insert_task(db, source)
+    await db.execute("UPDATE tasks SET status = $2 WHERE id = $1", task_id, target)
+    row = await db.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+    assert row["status"] == target
+    assert (row["finished_at"] is not None) is (target in TERMINAL)
+    assert row["lease_expires_at"] is None
+    if source in TERMINAL and target == TaskStatus.QUEUED:
+        # A manual retry: fresh attempts, due now, nobody holding it.
+        assert (row["attempts"], row["lease_crashes"], row["worker_id"]) == (0, 0, None)
+    history = await db.fetch(
+        "SELECT from_status, to_status, actor FROM task_history WHERE task_id = $1 ORDER BY id",
+        task_id,
+    )
+    assert [(h["from_status"], h["to_status"]) for h in history][-1] == (source, target)
+    assert history[-1]["actor"].startswith("sql:")
 
 
 async def test_attempt_and_retry_bounds(db: asyncpg.Connection) -> None:
