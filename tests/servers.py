@@ -22,6 +22,7 @@ import copy
 import email
 import email.message
 import email.policy
+import functools
 import hashlib
 import http.server
 import socket
@@ -32,10 +33,10 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -246,6 +247,36 @@ class SMTPTestServer:
         self.stop()
 
 
+class CommandLoggingSMTPTestServer(SMTPTestServer):
+    """An :class:`SMTPTestServer` that also keeps the verb of every command it
+    is given (``commands``: "EHLO", "STARTTLS", "AUTH", ..., in order, across
+    connections), so a test can tell that a command never reached it. Verbs
+    the server does not know are not kept."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.commands: list[str] = []
+
+    def _make_protocol(self) -> SMTP:
+        protocol = super()._make_protocol()
+        # aiosmtpd dispatches every command line through this table of bound
+        # methods, one per verb.
+        table: dict[str, Callable[[str], Awaitable[None]]] = protocol._smtp_methods
+        for verb, method in list(table.items()):
+            table[verb] = self._noting(verb, method)
+        return protocol
+
+    def _noting(
+        self, verb: str, method: Callable[[str], Awaitable[None]]
+    ) -> Callable[[str], Awaitable[None]]:
+        @functools.wraps(method)  # HELP lists the docstrings
+        async def noted(arg: str) -> None:
+            self.commands.append(verb)
+            await method(arg)
+
+        return noted
+
+
 # ----- HTTP ------------------------------------------------------------------
 
 _PATTERN = bytes(range(251)) * 4177  # about 1 MiB; 251 is prime, so no short cycles
@@ -286,6 +317,23 @@ CONTENT_KINDS: dict[str, tuple[str | None, bytes]] = {
     "unknown": ("application/x-taskflow-unknown", b"who knows"),
     "none": (None, b"no content type at all"),
 }
+
+
+Framing = Literal["length", "chunked", "close"]
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """What ``/raw/<key>`` sends: the status, these headers verbatim (a name may
+    repeat) and the body's bytes untouched, framed by a Content-Length, by
+    chunked transfer coding, or by closing the connection. A callable body is
+    called per request and its pieces are sent as they come, so a test can
+    serve a stream far larger than it would want to hold in memory."""
+
+    body: bytes | Callable[[], Iterable[bytes]]
+    headers: tuple[tuple[str, str], ...] = ()
+    status: int = 200
+    framing: Framing = "length"
 
 
 @dataclass(frozen=True)
@@ -342,6 +390,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif route == "status" and argument.isdigit():
             headers = {"Retry-After": query["retry_after"]} if "retry_after" in query else {}
             self._send(int(argument), b"status body\n", "text/plain", extra=headers)
+        elif route == "raw" and (raw := owner._raw_response(argument)) is not None:
+            self._send_raw(raw)
         elif route == "flaky" and argument:
             failures_wanted = int(query.get("failures", "2"))
             if owner._count_attempt(argument) <= failures_wanted:
@@ -373,6 +423,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         view = memoryview(body)
         for start in range(0, len(view), 256 * 1024):
             self.wfile.write(view[start : start + 256 * 1024])
+
+    def _send_raw(self, raw: RawResponse) -> None:
+        self.send_response(raw.status)
+        for name, value in raw.headers:
+            self.send_header(name, value)
+        if raw.framing == "length":
+            assert isinstance(raw.body, bytes), "a Content-Length needs the whole body"
+            self.send_header("Content-Length", str(len(raw.body)))
+        elif raw.framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        pieces = [raw.body] if isinstance(raw.body, bytes) else raw.body()
+        stopping = self.server.owner._stopping
+        for piece in pieces:
+            if stopping.is_set():
+                return
+            if raw.framing == "chunked":
+                if piece:
+                    self.wfile.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                continue
+            view = memoryview(piece)
+            for start in range(0, len(view), 256 * 1024):
+                self.wfile.write(view[start : start + 256 * 1024])
+        if raw.framing == "chunked":
+            self.wfile.write(b"0\r\n\r\n")
 
     def _redirect(self, status: int, location: str) -> None:
         self.send_response(status)
@@ -422,12 +499,15 @@ class HTTPTestServer:
     - ``/status/<code>[?retry_after=<s>]``: that status.
     - ``/flaky/<key>?failures=2[&status=503&size=4096]``: fails the first
       ``failures`` requests for ``key``, then serves ``body_of(size)`` as PNG.
+    - ``/raw/<key>``: exactly the :class:`RawResponse` registered with
+      :meth:`serve_raw` (any headers, e.g. a Content-Encoding, any bytes).
     """
 
     def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._attempts: dict[str, int] = {}
+        self._raw: dict[str, RawResponse] = {}
         self._stopping = threading.Event()
         self._server = _ThreadingServer((LOOPBACK, 0), _Handler)
         self._server.owner = self
@@ -445,6 +525,26 @@ class HTTPTestServer:
 
     def url(self, path: str, *, host: str | None = None) -> str:
         return f"{self.scheme}://{host or self.host}:{self.port}{path}"
+
+    def serve_raw(
+        self,
+        key: str,
+        body: bytes | Callable[[], Iterable[bytes]],
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        status: int = 200,
+        framing: Framing = "length",
+    ) -> str:
+        """Serve ``body`` with ``headers`` at ``/raw/<key>``; returns its URL."""
+        if framing == "length" and not isinstance(body, bytes):
+            raise ValueError("a streamed body is framed by 'chunked' or 'close'")
+        with self._lock:
+            self._raw[key] = RawResponse(body, tuple(headers), status, framing)
+        return self.url(f"/raw/{key}")
+
+    def _raw_response(self, key: str) -> RawResponse | None:
+        with self._lock:
+            return self._raw.get(key)
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -585,8 +685,10 @@ __all__ = [
     "CONTENT_KINDS",
     "PNG_BYTES",
     "Certificate",
+    "CommandLoggingSMTPTestServer",
     "HTTPTestServer",
     "ProgressRecorder",
+    "RawResponse",
     "ReceivedMessage",
     "RecordedRequest",
     "SMTPTestServer",

@@ -17,8 +17,18 @@ Safety against server-side request forgery, unless ``download_allow_private``:
 
 Limits: ``download_concurrency`` URLs at once, connect and read timeouts from
 the settings, and ``download_max_bytes`` per file, enforced on a too large
-``Content-Length`` before reading and again while streaming. A file over the
-limit leaves nothing behind.
+``Content-Length`` before reading and again while streaming, on the bytes as
+they arrive and again on the decoded file. A file over the limit leaves
+nothing behind.
+
+Encoded bodies: the request asks for identity, yet a server may send gzip or
+deflate anyway, or a compressed bomb. The raw body is read and decoded by
+:mod:`taskflow.handlers.content_encoding` in bounded steps (one gzip or
+deflate layer; stacked, ``br`` and unknown encodings fail permanently), so
+memory stays small whatever the ratio. The saved file, its size and sha256
+are the decoded bytes. Decoding, hashing and writing run on the event loop in
+steps of about a millisecond at most, and a long body gives other tasks a turn
+at least every ``LOOP_TURN_SECONDS``.
 
 Each file is saved atomically as ``<stem><ext>``: the stem comes from the last
 URL path segment (sanitised; the server's Content-Disposition is ignored), the
@@ -55,6 +65,7 @@ from taskflow.config import Settings
 from taskflow.errors import HandlerError, PermanentError, TransientError, ValidationFailed
 from taskflow.files import UserFiles, safe_stem, split_name
 from taskflow.handlers import TaskContext, TaskType
+from taskflow.handlers.content_encoding import decoder_for
 from taskflow.models import DownloadFilesPayload
 
 log = logging.getLogger(__name__)
@@ -65,6 +76,7 @@ MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_RETRY_AFTER_SECONDS = 3600.0
 USER_AGENT = f"TaskFlow/{__version__} (download_files)"
+LOOP_TURN_SECONDS = 0.005
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _GENERIC_TYPES = frozenset(
@@ -254,6 +266,14 @@ def _declared_length(response: httpx.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def _is_framed(response: httpx.Response) -> bool:
+    """Whether the body's end was marked (a Content-Length, which the HTTP
+    layer holds the server to, or chunked coding) rather than just the
+    connection closing, which a connection cut short does too."""
+    transfer_codings = response.headers.get("transfer-encoding", "").lower()
+    return _declared_length(response) is not None or "chunked" in transfer_codings
+
+
 @dataclass
 class _Outcome:
     url: str
@@ -354,19 +374,39 @@ class _Downloader:
             raise PermanentError(
                 f"the file is {declared} bytes, over the limit of {self._max_bytes}"
             )
+        # Refused before anything is read or created.
+        decoder = decoder_for(response.headers.get_list("content-encoding"))
         content_type = response.headers.get("content-type")
         stem, extension = name_parts(source, content_type)
         name = self._files.unique_name(stem, extension)
         digest = hashlib.sha256()
-        size = 0
+        raw_size = size = 0
+        loop = asyncio.get_running_loop()
+        turn_at = loop.time() + LOOP_TURN_SECONDS
         writer = self._files.atomic_writer(name, on_conflict="rename")
         try:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self._max_bytes:
-                    raise PermanentError(f"the file is over the limit of {self._max_bytes} bytes")
-                digest.update(chunk)
-                writer.write(chunk)
+            # Raw bytes: httpx's own decoding would inflate a whole network
+            # read through every declared layer before this loop saw a byte.
+            async for raw in response.aiter_raw():
+                raw_size += len(raw)
+                if raw_size > self._max_bytes:
+                    raise PermanentError(
+                        f"the {decoder.body_description} is over the limit of "
+                        f"{self._max_bytes} bytes"
+                    )
+                for piece in decoder.decode(raw):
+                    size += len(piece)
+                    if size > self._max_bytes:
+                        raise PermanentError(
+                            f"the file is over the limit of {self._max_bytes} bytes"
+                            + ("" if decoder.encoding == "identity" else " once decoded")
+                        )
+                    digest.update(piece)
+                    writer.write(piece)
+                    if loop.time() >= turn_at:
+                        await asyncio.sleep(0)
+                        turn_at = loop.time() + LOOP_TURN_SECONDS
+            decoder.finish(framed=_is_framed(response))
             saved_name = await asyncio.to_thread(writer.commit)
         finally:
             writer.discard()
@@ -399,7 +439,7 @@ def _earlier_downloads(previous: Any, files: UserFiles) -> dict[str, dict[str, A
     return kept
 
 
-def _client(settings: Settings) -> httpx.AsyncClient:
+def _client(settings: Settings, tls: ssl.SSLContext) -> httpx.AsyncClient:
     read_seconds = settings.download_read_timeout_seconds
     connect_seconds = settings.download_connect_timeout_seconds
     return httpx.AsyncClient(
@@ -414,8 +454,7 @@ def _client(settings: Settings) -> httpx.AsyncClient:
         follow_redirects=False,
         # No proxies or netrc from the environment: they would bypass the guard.
         trust_env=False,
-        # The system trust store (SSL_CERT_FILE / SSL_CERT_DIR work as usual).
-        verify=ssl.create_default_context(),
+        verify=tls,
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
 
@@ -432,7 +471,10 @@ async def download(
 
     failures: list[_Outcome] = []
     pending = [url for url in urls if url not in done]
-    async with _client(ctx.settings) as client:
+    # The system trust store (SSL_CERT_FILE / SSL_CERT_DIR work as usual);
+    # loading it takes tens of milliseconds, too long to hold the event loop.
+    tls = await asyncio.to_thread(ssl.create_default_context)
+    async with _client(ctx.settings, tls) as client:
         downloader = _Downloader(client, ctx.files, ctx.settings, guard)
         tasks = [asyncio.create_task(downloader.fetch(url)) for url in pending]
         try:
