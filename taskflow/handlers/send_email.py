@@ -6,12 +6,19 @@
   :mod:`mimetypes` (``application/octet-stream`` when unknown).
 - Headers are built by :class:`email.message.EmailMessage` under the SMTP
   policy, which refuses CR/LF in any header value; the payload model already
-  rejects them, so nothing a user types can add a header or a recipient. The
-  envelope recipient is exactly ``to``.
+  rejects them, and text that the email package would decode as RFC 2047
+  encoded words (which may hold a CR/LF) is handed to it already encoded, so
+  nothing a user types can add a header or a recipient. The envelope
+  recipient is exactly ``to``.
 - Connection: implicit TLS when ``MAIL_USE_TLS``, otherwise STARTTLS whenever
   the server offers it; certificates are checked against the system trust
   store. Login happens only when both ``MAIL_USERNAME`` and ``MAIL_PASSWORD``
-  are set.
+  are set, and only over TLS: without ``MAIL_USE_TLS`` a server that does not
+  offer STARTTLS gets neither AUTH nor the message.
+- Everything that grows with the payload (reading the attachments, deriving
+  the text, encoding, flattening the message) runs in a thread, in time linear
+  in its size, so the worker's event loop keeps heartbeating its leases and
+  running its other tasks meanwhile.
 - Errors: SMTP 5xx replies, unusable or missing attachments are permanent;
   4xx replies, timeouts and connection problems are transient.
 - At most once, as far as SMTP allows: once the server accepts the message the
@@ -25,6 +32,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import mimetypes
 import re
@@ -33,10 +41,10 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, parseaddr
-from html.parser import HTMLParser
 from typing import Any
 
 import aiosmtplib
+from aiosmtplib.email import flatten_message
 
 from taskflow.errors import (
     FileNotFound,
@@ -46,6 +54,7 @@ from taskflow.errors import (
     ValidationFailed,
 )
 from taskflow.handlers import TaskContext, TaskType
+from taskflow.handlers.html_text import html_to_text
 from taskflow.models import SendEmailPayload
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,10 @@ log = logging.getLogger(__name__)
 # Most providers refuse messages above 25-35 MB; base64 adds a third on top.
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
 SMTP_TIMEOUT_SECONDS = 30.0
+# 39 bytes make 52 characters of base64, an encoded word of 64: with the
+# "Subject: " before it, within the 78 a header line should not pass.
+_ENCODED_WORD_BYTES = 39
+NO_STARTTLS = "the SMTP server does not offer STARTTLS; refusing to send credentials unencrypted"
 
 _ENCODING_TYPES = {
     "gzip": "application/gzip",
@@ -61,93 +74,9 @@ _ENCODING_TYPES = {
     "br": "application/x-brotli",
     "compress": "application/x-compress",
 }
+# Matched against the operator's MAIL_FROM only; its bounded repetition
+# cannot backtrack over more than 253 characters.
 _DOMAIN_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-
-
-# ----- HTML -> plain text ----------------------------------------------------
-
-_BLOCK_TAGS = frozenset(
-    "address article aside blockquote dd div dl dt fieldset figcaption figure footer form "  # noqa: SIM905
-    "h1 h2 h3 h4 h5 h6 header hr main nav ol p pre section table tbody thead tfoot tr ul".split()
-)
-_SKIPPED_TAGS = frozenset({"head", "script", "style", "template", "title", "noscript"})
-
-
-class _TextExtractor(HTMLParser):
-    """A readable plain-text rendering: paragraphs on their own lines, list
-    items as "- ", links followed by their target, scripts and styles dropped."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self._parts: list[str] = []
-        self._skip_depth = 0
-        self._pre_depth = 0
-        self._links: list[str | None] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIPPED_TAGS:
-            self._skip_depth += 1
-        elif tag == "br":
-            self._parts.append("\n")
-        elif tag == "li":
-            self._parts.append("\n- ")
-        elif tag in ("td", "th"):
-            self._parts.append("\t")
-        elif tag == "img":
-            alt = dict(attrs).get("alt")
-            if alt:
-                self._parts.append(alt)
-        elif tag == "a":
-            self._links.append(dict(attrs).get("href"))
-        if tag in _BLOCK_TAGS:
-            self._parts.append("\n\n")
-        if tag == "pre":
-            self._pre_depth += 1
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("br", "img", "hr"):
-            self.handle_starttag(tag, attrs)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED_TAGS:
-            self._skip_depth = max(0, self._skip_depth - 1)
-        elif tag == "a" and self._links:
-            href = self._links.pop()
-            if href and href.startswith(("http://", "https://", "mailto:")):
-                text_so_far = "".join(self._parts[-3:])
-                if href.removeprefix("mailto:") not in text_so_far:
-                    self._parts.append(f" ({href})")
-        if tag in _BLOCK_TAGS:
-            self._parts.append("\n\n")
-        if tag == "pre":
-            self._pre_depth = max(0, self._pre_depth - 1)
-
-    def handle_data(self, data: str) -> None:
-        if self._skip_depth:
-            return
-        if self._pre_depth:
-            # Kept verbatim; the NUL markers shield it from the tidying in text().
-            self._parts.append("\x00" + data.replace("\x00", "") + "\x00")
-        else:
-            self._parts.append(re.sub(r"\s+", " ", data))
-
-    def text(self) -> str:
-        pieces = "".join(self._parts).split("\x00")
-        # Even pieces are flowing text: drop the spaces around line breaks that
-        # collapsing whitespace left; odd pieces are <pre> content.
-        tidy = [
-            re.sub(r" *\n *", "\n", piece) if index % 2 == 0 else piece
-            for index, piece in enumerate(pieces)
-        ]
-        joined = re.sub(r"\n{3,}", "\n\n", "".join(tidy))
-        return joined.strip("\n").rstrip()
-
-
-def html_to_text(html: str) -> str:
-    extractor = _TextExtractor()
-    extractor.feed(html)
-    extractor.close()
-    return extractor.text()
 
 
 # ----- the message -----------------------------------------------------------
@@ -182,7 +111,12 @@ def build_message(
     # address raises instead of becoming extra recipients.
     message["To"] = Address(addr_spec=payload.to)
     if payload.subject:
-        message["Subject"] = payload.subject
+        if "=?" in payload.subject:
+            message.set_raw("Subject", encoded_words(payload.subject))
+        else:
+            message["Subject"] = payload.subject
+        if message["Subject"] != payload.subject:
+            raise ValueError("the subject does not survive as a header value")
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = message_id
     if payload.body:
@@ -192,8 +126,34 @@ def build_message(
         message.set_content("")
     for name, content in attachments:
         maintype, subtype = attachment_type(name)
-        message.add_attachment(content, maintype=maintype, subtype=subtype, filename=name)
+        # An RFC 2231 value (filename*=utf-8''...) is never read as encoded words.
+        filename = ("utf-8", "", name) if "=?" in name else name
+        message.add_attachment(content, maintype=maintype, subtype=subtype, filename=filename)
+    named = [part.get_filename() for part in message.iter_attachments()]
+    if named != [name for name, _ in attachments]:
+        raise ValueError("an attachment's name does not survive as a header value")
     return message
+
+
+def encoded_words(text: str) -> str:
+    """``text`` as a folded run of RFC 2047 encoded words, for a header value.
+
+    The email package decodes any encoded word in a value it is given, and
+    one may hold any character: a subject "=?utf-8?q?hi=0D=0ABcc:_x?=" would
+    become a line break and a header of the user's own, and "=?utf-8?q?=FF?="
+    makes its folding crash. Text that holds "=?" is therefore encoded here,
+    as a whole, in lines short enough that the package writes them as they are;
+    a reader decodes it back to the text as typed."""
+    words: list[str] = []
+    chunk = bytearray()
+    for character in text:
+        encoded = character.encode()
+        if len(chunk) + len(encoded) > _ENCODED_WORD_BYTES:
+            words.append(f"=?utf-8?b?{base64.b64encode(chunk).decode()}?=")
+            chunk.clear()
+        chunk += encoded
+    words.append(f"=?utf-8?b?{base64.b64encode(chunk).decode()}?=")
+    return "\n ".join(words)
 
 
 def _read_attachments(ctx: TaskContext, names: list[str]) -> list[tuple[str, bytes]]:
@@ -214,6 +174,18 @@ def _read_attachments(ctx: TaskContext, names: list[str]) -> list[tuple[str, byt
         except ValidationFailed as exc:
             raise PermanentError(f"attachment {name!r} cannot be used: {exc.message}") from None
     return loaded
+
+
+def compose_message(
+    payload: SendEmailPayload, ctx: TaskContext, *, sender: str, message_id: str
+) -> EmailMessage:
+    """Runs in a thread: reading the files, deriving the text and base64 all
+    take time in proportion to the payload."""
+    attachments = _read_attachments(ctx, list(payload.attached_files or []))
+    try:
+        return build_message(payload, sender=sender, message_id=message_id, attachments=attachments)
+    except (ValueError, TypeError) as exc:
+        raise PermanentError(f"cannot build the message: {exc}") from None
 
 
 # ----- SMTP ------------------------------------------------------------------
@@ -252,6 +224,54 @@ async def _close_quietly(client: aiosmtplib.SMTP) -> None:
         client.close()
 
 
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO (HELO for a server that knows no better), once per session."""
+    if not client.is_ehlo_or_helo_needed:
+        return
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        await client.helo()
+
+
+async def _secure(client: aiosmtplib.SMTP, *, login: bool) -> None:
+    """STARTTLS whenever offered; with credentials, required. Without them the
+    upgrade stays opportunistic, as a plain relay on port 25 offers none."""
+    await _greet(client)
+    if client.supports_extension("starttls"):
+        await client.starttls()
+    elif login:
+        # Transient, like a certificate that does not verify: the server may
+        # have been set up without STARTTLS, or someone on the path may have
+        # stripped it from the EHLO reply. Either way the task itself is fine,
+        # and a later attempt risks nothing, as it stops here again before AUTH.
+        raise TransientError(NO_STARTTLS)
+
+
+async def _transmit(
+    client: aiosmtplib.SMTP, message: EmailMessage, *, sender: str, recipient: str
+) -> None:
+    """``SMTP.send_message``, but flattening the message (up to ~28 MB with
+    its attachments) in a thread instead of on the event loop. What remains
+    on the loop is aiosmtplib's own pass over the bytes in ``sendmail``
+    (line endings, dot-stuffing): linear, about half a second at the cap."""
+    await _greet(client)
+    options: list[str] = []
+    utf8 = not (sender + recipient).isascii()
+    if utf8:
+        if not client.supports_extension("smtputf8"):
+            raise aiosmtplib.SMTPNotSupported(
+                "an address is not ASCII and the server does not offer SMTPUTF8"
+            )
+        options.append("SMTPUTF8")
+    cte_type = "7bit"
+    if client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+        cte_type = "8bit"
+    data = await asyncio.to_thread(flatten_message, message, utf8=utf8, cte_type=cte_type)
+    await client.sendmail(sender, [recipient], data, mail_options=options)
+
+
 async def send_email(payload: SendEmailPayload, ctx: TaskContext) -> dict[str, Any]:
     previous = ctx.previous_result
     if isinstance(previous, dict) and previous.get("sent") is True:
@@ -260,32 +280,31 @@ async def send_email(payload: SendEmailPayload, ctx: TaskContext) -> dict[str, A
     settings = ctx.settings
     sender = settings.mail_sender
     names = list(payload.attached_files or [])
-    attachments = await asyncio.to_thread(_read_attachments, ctx, names)
     message_id = message_id_for(ctx.task_id, sender)
-    try:
-        message = build_message(
-            payload, sender=sender, message_id=message_id, attachments=attachments
-        )
-    except (ValueError, TypeError) as exc:
-        raise PermanentError(f"cannot build the message: {exc}") from None
+    message = await asyncio.to_thread(
+        compose_message, payload, ctx, sender=sender, message_id=message_id
+    )
 
+    username = settings.mail_username
     password = settings.mail_password.get_secret_value() if settings.mail_password else None
-    login = bool(settings.mail_username and password)
+    credentials = (username, password) if username and password else None
     client = aiosmtplib.SMTP(
         hostname=settings.mail_host,
         port=settings.mail_port,
-        username=settings.mail_username if login else None,
-        password=password if login else None,
         use_tls=settings.mail_use_tls,
-        # None: upgrade with STARTTLS whenever the server offers it.
-        start_tls=False if settings.mail_use_tls else None,
+        # STARTTLS and login are done below, where the rules for them live.
+        start_tls=False,
         timeout=min(SMTP_TIMEOUT_SECONDS, settings.timeout_for("send_email")),
     )
     try:
         try:
             await client.connect()
-            await client.send_message(
-                message, sender=parseaddr(sender)[1] or sender, recipients=[payload.to]
+            if not settings.mail_use_tls:
+                await _secure(client, login=credentials is not None)
+            if credentials is not None:
+                await client.login(*credentials)
+            await _transmit(
+                client, message, sender=parseaddr(sender)[1] or sender, recipient=payload.to
             )
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise _classify(exc) from None

@@ -11,11 +11,13 @@ from pydantic import ValidationError
 
 from taskflow.config import Settings
 from taskflow.errors import PermanentError, TransientError
-from taskflow.handlers.send_email import TASK_TYPE, html_to_text, message_id_for, send_email
+from taskflow.handlers.html_text import html_to_text
+from taskflow.handlers.send_email import TASK_TYPE, message_id_for, send_email
 from taskflow.models import SendEmailPayload
 from tests import servers
 from tests.servers import (
     Certificate,
+    CommandLoggingSMTPTestServer,
     ProgressRecorder,
     SMTPTestServer,
     handler_context,
@@ -168,6 +170,57 @@ async def test_injection_is_refused_even_past_the_model(
     assert smtp_server.messages == []
 
 
+async def test_encoded_words_cannot_smuggle_in_a_header(
+    smtp_server: SMTPTestServer, tmp_path: Path
+) -> None:
+    """The email package decodes RFC 2047 encoded words in the values it is
+    given, and one may hold a line break: a subject or a file name that is one
+    must reach the wire as text, never as a header of its own."""
+    injection = "=?utf-8?q?hi=0D=0ABcc:_eve@evil.test=0D=0AX-Injected:_1?="
+    name = "=?utf-8?b?YQ0KQmNjOiBldmVAZXZpbC50ZXN0DQpYLUluamVjdGVkOiAx?=.txt"
+    ctx = handler_context(settings_for(smtp_server, tmp_path), task_type="send_email")
+    ctx.files.write_atomic(name, b"attached")
+    payload = SendEmailPayload(
+        to="bob@example.com", subject=injection, body="<p>hi</p>", attached_files=[name]
+    )
+
+    await send_email(payload, ctx)
+
+    [received] = smtp_server.messages
+    assert received.rcpt_tos == ["bob@example.com"]
+    lines = received.data.splitlines()
+    for forbidden in (b"bcc:", b"x-injected:"):
+        assert not [line for line in lines if line.lower().startswith(forbidden)], lines
+    message = received.message
+    assert sorted(message.keys()) == sorted(
+        ["From", "To", "Subject", "Date", "Message-ID", "Content-Type", "MIME-Version"]
+    )
+    [attachment] = list(message.iter_attachments())
+    assert sorted(attachment.keys()) == sorted(
+        ["Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "MIME-Version"]
+    )
+    assert attachment.get_payload(decode=True) == b"attached"
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "=?utf-8?q?hi=0D=0ABcc:_eve@evil.test?=",
+        "price =?utf-8?q?=41?= is not an A",
+        "\u200b =?utf-8?q?=FF?= bytes that are no UTF-8, and a long tail " + "é" * 900,
+    ],
+    ids=["a header in disguise", "an encoded word", "undecodable bytes"],
+)
+async def test_a_subject_that_looks_encoded_arrives_as_typed(
+    smtp_server: SMTPTestServer, tmp_path: Path, subject: str
+) -> None:
+    ctx = handler_context(settings_for(smtp_server, tmp_path), task_type="send_email")
+    await send_email(SendEmailPayload(to="bob@example.com", subject=subject), ctx)
+    [received] = smtp_server.messages
+    assert received.message["Subject"] == subject
+    assert max(len(line) for line in received.data.splitlines()) <= 78
+
+
 @pytest.mark.parametrize("name", ["../outside.txt", "/etc/passwd", "a/b", ".hidden", "x\x00y"])
 async def test_hostile_attachment_names_are_permanent_errors(
     smtp_server: SMTPTestServer, tmp_path: Path, name: str
@@ -283,13 +336,19 @@ async def test_message_id_is_stable_across_attempts(
     assert smtp_server.messages[0].message["Message-ID"] == result["message_id"]
 
 
-async def test_login_only_when_username_and_password_are_set(tmp_path: Path) -> None:
-    with SMTPTestServer(credentials={"robot": "s3cret"}) as server:
+async def test_login_only_when_username_and_password_are_set_and_only_over_starttls(
+    tls_certificate: Certificate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_certificate.cert_path))
+    with CommandLoggingSMTPTestServer(
+        starttls=tls_certificate.server_context(), credentials={"robot": "s3cret"}
+    ) as server:
         with_login = settings_for(server, tmp_path, mail_username="robot", mail_password="s3cret")
         await send_email(
             SendEmailPayload(to="a@example.com", subject="with login"),
             handler_context(with_login, task_type="send_email"),
         )
+        with_login_commands = list(server.commands)
         username_only = settings_for(server, tmp_path, mail_username="robot")
         await send_email(
             SendEmailPayload(to="a@example.com", subject="no login"),
@@ -301,11 +360,47 @@ async def test_login_only_when_username_and_password_are_set(tmp_path: Path) -> 
                 SendEmailPayload(to="a@example.com", subject="bad login"),
                 handler_context(wrong, task_type="send_email"),
             )
-    assert [(m.message["Subject"], m.login) for m in server.messages] == [
-        ("with login", "robot"),
-        ("no login", None),
+    assert [(m.message["Subject"], m.login, m.tls) for m in server.messages] == [
+        ("with login", "robot", True),
+        ("no login", None, True),
     ]
     assert set(server.failed_logins) == {"robot"}
+    # The upgrade comes first; AUTH only on the encrypted session.
+    assert with_login_commands == [
+        "EHLO", "STARTTLS", "EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"
+    ]  # fmt: skip
+
+
+async def test_credentials_are_never_sent_to_a_server_without_starttls(tmp_path: Path) -> None:
+    """A server (or someone in the middle, stripping the offer from the EHLO
+    reply) that offers AUTH but not STARTTLS: the attempt fails before AUTH,
+    and nothing, the message included, is sent in clear."""
+    with CommandLoggingSMTPTestServer(credentials={"robot": "s3cret"}) as server:
+        settings = settings_for(server, tmp_path, mail_username="robot", mail_password="s3cret")
+        progress = ProgressRecorder()
+        ctx = handler_context(settings, task_type="send_email", progress=progress)
+        with pytest.raises(TransientError) as caught:
+            await send_email(SendEmailPayload(to="bob@example.com", subject="secret"), ctx)
+    assert caught.value.message == (
+        "the SMTP server does not offer STARTTLS; refusing to send credentials unencrypted"
+    )
+    assert server.commands == ["EHLO", "QUIT"]
+    assert "AUTH" not in server.commands
+    assert server.messages == []
+    assert server.failed_logins == []
+    assert progress.saved == []
+
+
+async def test_without_credentials_a_server_without_starttls_still_gets_the_message(
+    tmp_path: Path,
+) -> None:
+    with CommandLoggingSMTPTestServer() as server:
+        ctx = handler_context(settings_for(server, tmp_path), task_type="send_email")
+        await send_email(SendEmailPayload(to="bob@example.com", subject="plain"), ctx)
+    [received] = server.messages
+    assert received.tls is False
+    assert received.login is None
+    assert "AUTH" not in server.commands
 
 
 async def test_starttls_is_used_when_offered(
@@ -336,14 +431,25 @@ async def test_implicit_tls(
     tls_certificate: Certificate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_certificate.cert_path))
-    with SMTPTestServer(implicit_tls=tls_certificate.server_context()) as server:
+    with SMTPTestServer(
+        implicit_tls=tls_certificate.server_context(), credentials={"robot": "s3cret"}
+    ) as server:
         settings = settings_for(server, tmp_path, mail_use_tls=True)
         await send_email(
             SendEmailPayload(to="bob@example.com", subject="tls"),
             handler_context(settings, task_type="send_email"),
         )
-    [received] = server.messages
-    assert received.tls is True
+        with_login = settings_for(
+            server, tmp_path, mail_use_tls=True, mail_username="robot", mail_password="s3cret"
+        )
+        await send_email(
+            SendEmailPayload(to="bob@example.com", subject="tls and login"),
+            handler_context(with_login, task_type="send_email"),
+        )
+    assert [(m.message["Subject"], m.login, m.tls) for m in server.messages] == [
+        ("tls", None, True),
+        ("tls and login", "robot", True),
+    ]
 
 
 def test_html_to_text() -> None:
