@@ -2,12 +2,8 @@
 
 Safety against server-side request forgery, unless ``download_allow_private``:
 
-- Every address a host name resolves to must be public: loopback, private,
-  link-local, multicast, reserved, unspecified, shared (CGNAT) and
-  documentation ranges are refused, for IPv4 and IPv6, including IPv4 embedded
-  in IPv6 (mapped ``::ffff:a.b.c.d``, NAT64, 6to4, Teredo). Host names are
-  resolved by the system resolver, so spellings like ``2130706433``,
-  ``0x7f.1`` or ``localhost`` end up as the address they really mean.
+- Every address a host name resolves to must be public
+  (:mod:`taskflow.handlers.egress` says which are not).
 - The connection goes to the address that was checked, not to the name: the
   request URL carries that IP, the ``Host`` header and TLS SNI/certificate
   check carry the original name. A DNS answer that changes between the check
@@ -48,12 +44,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
-import mimetypes
-import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -63,178 +56,21 @@ import httpx
 from taskflow import __version__
 from taskflow.config import Settings
 from taskflow.errors import HandlerError, PermanentError, TransientError, ValidationFailed
-from taskflow.files import UserFiles, safe_stem, split_name
+from taskflow.files import UserFiles
 from taskflow.handlers import TaskContext, TaskType
 from taskflow.handlers.content_encoding import decoder_for
+from taskflow.handlers.download_names import media_type, name_parts
+from taskflow.handlers.egress import AddressGuard, literal_address, resolve
 from taskflow.models import DownloadFilesPayload
 
 log = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_RETRY_AFTER_SECONDS = 3600.0
 USER_AGENT = f"TaskFlow/{__version__} (download_files)"
 LOOP_TURN_SECONDS = 0.005
-
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_GENERIC_TYPES = frozenset(
-    {
-        "application/octet-stream",
-        "binary/octet-stream",
-        "application/binary",
-        "application/unknown",
-        "application/x-download",
-        "application/force-download",
-    }
-)
-# mimetypes answers differ between machines (/etc/mime.types) and some of its
-# first choices are odd (".jpe"); the common types get a fixed answer.
-_PREFERRED_EXTENSIONS = {
-    "application/gzip": ".gz",
-    "application/json": ".json",
-    "application/pdf": ".pdf",
-    "application/xml": ".xml",
-    "application/zip": ".zip",
-    "audio/mpeg": ".mp3",
-    "image/gif": ".gif",
-    "image/jpeg": ".jpg",
-    "image/png": ".png",
-    "image/svg+xml": ".svg",
-    "image/webp": ".webp",
-    "text/csv": ".csv",
-    "text/html": ".html",
-    "text/plain": ".txt",
-    "text/xml": ".xml",
-    "video/mp4": ".mp4",
-}
-
-
-# ----- names -----------------------------------------------------------------
-
-
-def media_type(content_type: str | None) -> str:
-    """``"Text/HTML; charset=utf-8"`` -> ``"text/html"``; ``""`` when absent."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-def guess_extension(content_type: str | None) -> str:
-    """The usual extension for a Content-Type, e.g. ``".png"``; ``""`` when the
-    type is missing, generic (octet-stream) or unknown."""
-    kind = media_type(content_type)
-    if "/" not in kind or kind in _GENERIC_TYPES:
-        return ""
-    extension = _PREFERRED_EXTENSIONS.get(kind) or mimetypes.guess_extension(kind, strict=False)
-    if not extension:
-        return ""
-    _, checked = split_name("x" + extension)
-    return checked
-
-
-def name_parts(url: httpx.URL, content_type: str | None) -> tuple[str, str]:
-    """A safe ``(stem, extension)`` for what ``url`` served."""
-    segment = url.path.rsplit("/", 1)[-1]
-    raw_stem, url_extension = split_name(segment)
-    stem = safe_stem(raw_stem, default=safe_stem(url.host, default="download"))
-    extension = guess_extension(content_type)
-    kind = media_type(content_type)
-    if url_extension and kind and mimetypes.guess_type("x" + url_extension)[0] == kind:
-        extension = url_extension  # ".jpeg" stays ".jpeg" rather than becoming ".jpg"
-    return stem, extension or url_extension.lower() or ".bin"
-
-
-# ----- addresses -------------------------------------------------------------
-
-
-def non_public_reason(address: IPAddress) -> str | None:
-    """Why ``address`` is not a public internet address, or None if it is."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            # The socket talks IPv4 to the mapped address: judge that one alone.
-            reason = non_public_reason(address.ipv4_mapped)
-            return f"{reason} (IPv4-mapped)" if reason is not None else None
-        embedded: ipaddress.IPv4Address | None = None
-        if address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is None and address.sixtofour is not None:
-            embedded = address.sixtofour
-        if embedded is None and address.teredo is not None:
-            embedded = address.teredo[1]
-        if embedded is not None:
-            reason = non_public_reason(embedded)
-            if reason is not None:
-                return f"{reason} (embedded {embedded})"
-    checks = (
-        ("is_unspecified", "unspecified"),
-        ("is_loopback", "loopback"),
-        ("is_link_local", "link-local"),
-        ("is_multicast", "multicast"),
-        ("is_private", "private"),
-        ("is_reserved", "reserved"),
-        ("is_site_local", "site-local"),
-    )
-    for attribute, label in checks:
-        if getattr(address, attribute, False):
-            return label
-    if not address.is_global:
-        return "non-global"
-    return None
-
-
-@dataclass(frozen=True)
-class AddressGuard:
-    """Decides which addresses downloads may connect to.
-
-    ``trusted`` lists exact ``(ip, port)`` pairs treated as public even when
-    they are not: a seam for tests and for an operator's internal mirror.
-    """
-
-    allow_private: bool = False
-    trusted: frozenset[tuple[str, int]] = field(default_factory=frozenset)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AddressGuard:
-        return cls(allow_private=settings.download_allow_private)
-
-    def refusal(self, address: IPAddress, port: int) -> str | None:
-        if self.allow_private or (str(address), port) in self.trusted:
-            return None
-        return non_public_reason(address)
-
-
-def _literal_address(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-async def resolve(host: str, port: int, timeout_seconds: float) -> list[IPAddress]:
-    """Every address ``host`` stands for, in the resolver's order."""
-    literal = _literal_address(host)
-    if literal is not None:
-        return [literal]
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout_seconds
-        )
-    except TimeoutError:
-        raise TransientError(f"resolving {host} timed out") from None
-    except socket.gaierror as exc:
-        if exc.errno == socket.EAI_AGAIN:
-            raise TransientError(f"cannot resolve {host}: {exc.strerror}") from None
-        raise PermanentError(f"cannot resolve {host}: {exc.strerror}") from None
-    addresses: list[IPAddress] = []
-    for _family, _type, _proto, _canonical, sockaddr in infos:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if address not in addresses:
-            addresses.append(address)
-    if not addresses:
-        raise PermanentError(f"{host} has no addresses")
-    return addresses
-
 
 # ----- fetching --------------------------------------------------------------
 
@@ -349,7 +185,7 @@ class _Downloader:
                     f"refusing to connect to {shown}: a {reason} address "
                     "(download_allow_private is off)"
                 )
-        is_literal = _literal_address(host) is not None
+        is_literal = literal_address(host) is not None
         last_error: httpx.TransportError | None = None
         for address in addresses:
             extensions: dict[str, Any] = {}

@@ -22,15 +22,9 @@ from taskflow.config import Settings
 from taskflow.errors import PermanentError, TransientError
 from taskflow.files import TEMPORARY_PREFIX, UserFiles
 from taskflow.handlers import TaskContext
-from taskflow.handlers.download_files import (
-    TASK_TYPE,
-    AddressGuard,
-    download,
-    download_files,
-    guess_extension,
-    name_parts,
-    non_public_reason,
-)
+from taskflow.handlers.download_files import TASK_TYPE, download, download_files
+from taskflow.handlers.download_names import guess_extension, name_parts
+from taskflow.handlers.egress import AddressGuard, non_public_reason
 from taskflow.models import DownloadFilesPayload
 from tests import servers
 from tests.servers import (
