@@ -210,9 +210,13 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The rule for a password being set, at registration or by a change.
+NewPassword = Annotated[str, Field(min_length=6, max_length=128)]
+
+
 class Credentials(RequestModel):
     email: EmailStr = Field(max_length=254)
-    password: Annotated[str, Field(min_length=6, max_length=128)]
+    password: NewPassword
 
     @field_validator("email")
     @classmethod
@@ -225,6 +229,12 @@ class LoginRequest(RequestModel):
     # mismatch is the same 401, so lengths are only bounded, not checked.
     email: Annotated[str, Field(max_length=254)]
     password: Annotated[str, Field(max_length=1024)]
+
+
+class PasswordChange(RequestModel):
+    # Like login's, the current password is only bounded: a wrong one is a 401.
+    current_password: Annotated[str, Field(max_length=1024)]
+    new_password: NewPassword
 
 
 _RFC3339 = re.compile(

@@ -15,6 +15,9 @@ from contextlib import asynccontextmanager
 
 from taskflow.api import ApiServices
 from taskflow.api.event_hub import CHANNEL as EVENTS_CHANNEL
+from taskflow.api.revocations import CHANNEL as ACCOUNTS_CHANNEL
+from taskflow.api.revocations import Revocations
+from taskflow.auth import PasswordHashing
 from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.enqueue import Enqueuer
@@ -130,8 +133,19 @@ async def api_services(settings: Settings, registry: Registry) -> AsyncIterator[
     )
     broker = None
     enqueuer = None
+    revocations = None
+    password_hashing = PasswordHashing(
+        settings.password_hash_concurrency, settings.password_hash_wait_seconds
+    )
     try:
         broker = await _started_broker(settings, f"taskflow-api {socket.gethostname()}")
+        accounts = AccountStore(database.pool)
+        revocations = Revocations(
+            accounts,
+            Listener(_dsn(settings), [ACCOUNTS_CHANNEL], name="taskflow-api-accounts"),
+            login_window_seconds=settings.login_window_seconds,
+        )
+        await revocations.start()
         tasks = TaskStore(database.pool)
         enqueuer = Enqueuer(
             tasks,
@@ -143,17 +157,22 @@ async def api_services(settings: Settings, registry: Registry) -> AsyncIterator[
         enqueuer.start()
         yield ApiServices(
             database=database,
-            accounts=AccountStore(database.pool),
+            accounts=accounts,
             tasks=tasks,
             events=LiveEventsStore(database.pool),
             operators=OperatorStore(database.pool),
             enqueuer=enqueuer,
             broker=broker,
             event_listener=Listener(_dsn(settings), [EVENTS_CHANNEL], name="taskflow-api-events"),
+            password_hashing=password_hashing,
+            revocations=revocations,
         )
     finally:
         if enqueuer is not None:
             await enqueuer.close()
+        if revocations is not None:
+            await revocations.stop()
+        password_hashing.close()
         if broker is not None:
             await broker.close()
         await database.close()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from quart import Quart, Response, current_app, g, request
 
+from taskflow.api.revocations import Revocations
+from taskflow.auth import PasswordHashing
 from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.enqueue import Enqueuer
@@ -51,6 +53,10 @@ class ApiServices:
     enqueuer: Enqueuer
     broker: Broker | None
     event_listener: Listener
+    # Argon2, on threads of its own, admitted not queued (taskflow.auth).
+    password_hashing: PasswordHashing
+    # Which tokens are taken back, kept current by LISTEN (taskflow.api.revocations).
+    revocations: Revocations
 
 
 OpenServices = Callable[[Settings, Registry], AbstractAsyncContextManager[ApiServices]]

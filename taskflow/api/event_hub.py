@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from taskflow.api.revocations import Revocation, Revocations
+from taskflow.auth import TokenClaims
 from taskflow.store.events import LiveEventsStore
 from taskflow.store.pool import DATABASE_ERRORS, Listener, Record
 from taskflow.waiting import wait_any, wait_event
@@ -88,22 +90,37 @@ class CatchUp:
 CATCH_UP = CatchUp()
 
 
-class Subscription:
-    """One open stream: whose events it wants, and its bounded queue."""
+class Closed:
+    """Queued last, for a stream that must end: its token was taken back or expired."""
 
-    def __init__(self, user_id: int, task_id: str | None, queue_size: int) -> None:
+
+CLOSED = Closed()
+
+
+class Subscription:
+    """One open stream: whose events it wants, on which token, and its bounded queue."""
+
+    def __init__(
+        self,
+        user_id: int,
+        task_id: str | None,
+        queue_size: int,
+        claims: TokenClaims | None = None,
+    ) -> None:
         self.user_id = user_id
         self.task_id = task_id
-        self.queue: asyncio.Queue[TaskEvent | CatchUp] = asyncio.Queue(queue_size)
+        self.claims = claims
+        self.queue: asyncio.Queue[TaskEvent | CatchUp | Closed] = asyncio.Queue(queue_size)
         self.behind = False
         self.times_behind = 0
+        self.closed = False
 
     def offer(self, event: TaskEvent) -> None:
         """Queue ``event`` if this stream wants it. Never waits."""
         if self.task_id is not None and event.task_id != self.task_id:
             return
-        if self.behind:
-            return  # the catch-up reads it from history
+        if self.behind or self.closed:
+            return  # the catch-up reads it from history; a closed stream reads nothing
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -115,13 +132,22 @@ class Subscription:
         Everything dropped was committed before it was notified, so the
         catch-up query, which starts later, sees all of it.
         """
-        if self.behind:
+        if self.behind or self.closed:
             return
         self.behind = True
         self.times_behind += 1
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(CATCH_UP)
+
+    def close(self) -> None:
+        """End the stream: nothing more is sent on it. Never waits."""
+        if self.closed:
+            return
+        self.closed = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(CLOSED)
 
 
 class EventHub:
@@ -136,11 +162,14 @@ class EventHub:
         self._by_user: dict[int, set[Subscription]] = {}
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.revocations: Revocations | None = None
 
     # ----- subscriptions
 
-    def subscribe(self, user_id: int, task_id: str | None = None) -> Subscription:
-        subscription = Subscription(user_id, task_id, self.queue_size)
+    def subscribe(
+        self, user_id: int, task_id: str | None = None, claims: TokenClaims | None = None
+    ) -> Subscription:
+        subscription = Subscription(user_id, task_id, self.queue_size, claims)
         self._by_user.setdefault(user_id, set()).add(subscription)
         return subscription
 
@@ -156,6 +185,38 @@ class EventHub:
 
     def stream_count(self) -> int:
         return sum(len(subscriptions) for subscriptions in self._by_user.values())
+
+    # ----- revoked tokens: their streams end
+
+    def watch_revocations(self, revocations: Revocations) -> None:
+        self.revocations = revocations
+        revocations.add_observer(self.on_revocation)
+
+    async def allows(self, claims: TokenClaims) -> bool:
+        return self.revocations is None or await self.revocations.allows(claims)
+
+    def on_revocation(self, revocation: Revocation | None) -> None:
+        """Close the streams a revocation refuses; None: check them all again."""
+        if revocation is None:
+            self._spawn(self._close_revoked_streams())
+            return
+        for subscription in tuple(self._by_user.get(revocation.user_id, ())):
+            if subscription.claims is not None and revocation.refuses(subscription.claims):
+                subscription.close()
+
+    async def _close_revoked_streams(self) -> None:
+        for subscriptions in list(self._by_user.values()):
+            for subscription in tuple(subscriptions):
+                claims = subscription.claims
+                try:
+                    if claims is not None and not await self.allows(claims):
+                        subscription.close()
+                except DATABASE_ERRORS as exc:
+                    # Its next heartbeat checks again.
+                    log.warning(
+                        "cannot check an event stream's token",
+                        extra={"event": "event_stream_check_failed", "error": str(exc)},
+                    )
 
     # ----- notifications
 

@@ -61,6 +61,11 @@ so a token there leaks more easily. TaskFlow's own request log records the
 route pattern, never the URL. Clients that can send headers should: the
 dashboard streams with ``fetch()`` and the header; curl and SDKs can too.
 
+A stream ends (the response completes) when its token is taken back — a
+logout of that token, a password change, the user deleted, in this process
+or another (taskflow/api/revocations.py) — or when the token expires. A
+client reconnecting with it then gets a 401.
+
 Shutdown: an open stream never ends by itself, so uvicorn waits up to its
 graceful-shutdown timeout and then cancels it; a client reconnects to
 another process (or this one, restarted) with ``Last-Event-ID``.
@@ -70,25 +75,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
-from quart import Blueprint, Quart, Response, current_app, g, request
+from quart import Blueprint, Quart, Response, current_app, request
 
-from taskflow.api import ApiServices, config, services
+from taskflow.api import ApiServices, services
 from taskflow.api.event_hub import (
     QUEUE_SIZE,
     WATCH_SECONDS,
     CatchUp,
+    Closed,
     EventHub,
     Subscription,
     TaskEvent,
 )
 from taskflow.api.responses import dumps, json_response
+from taskflow.api.security import authenticate
 from taskflow.api.tasks import parse_task_id
-from taskflow.auth import token_from_header, verify_token
+from taskflow.auth import TokenClaims, token_from_header
 from taskflow.errors import TaskNotFound, ValidationFailed
 from taskflow.store.events import LiveEventsStore
 from taskflow.store.pool import DATABASE_ERRORS
@@ -125,6 +133,9 @@ def hub() -> EventHub:
 async def start_hub(app: Quart, api_services: ApiServices) -> EventHub:
     """Start this process's hub for as long as the app serves; the caller stops it."""
     event_hub = EventHub(api_services.events, api_services.event_listener)
+    # A stream ends when its token is taken back (logout, password change,
+    # user deleted), in whichever process that happens.
+    event_hub.watch_revocations(api_services.revocations)
     app.extensions[HUB_EXTENSION] = event_hub
     await event_hub.start()
     return event_hub
@@ -149,10 +160,12 @@ class EventStream:
         user_id: int,
         task_id: UUID | None,
         resume_from: int | None,
+        claims: TokenClaims | None = None,
     ) -> None:
         self.hub = event_hub
         self.store = store
         self.user_id = user_id
+        self.claims = claims
         self.task_id = task_id
         self.resume_from = resume_from
         self.cursor = 0
@@ -163,10 +176,23 @@ class EventStream:
     async def body(self) -> AsyncIterator[bytes]:
         # Subscribing here, not in the view: only a started generator runs its
         # finally, so only here is the unsubscribe guaranteed.
-        subscription = self.hub.subscribe(self.user_id, str(self.task_id) if self.task_id else None)
-        settle = asyncio.get_running_loop().call_later(SETTLE_SECONDS, subscription.fall_behind)
+        subscription = self.hub.subscribe(
+            self.user_id, str(self.task_id) if self.task_id else None, self.claims
+        )
+        loop = asyncio.get_running_loop()
+        settle = loop.call_later(SETTLE_SECONDS, subscription.fall_behind)
+        # A stream lives no longer than the token it was opened with.
+        expiry = (
+            loop.call_later(max(0.0, self.claims.expires - time.time()), subscription.close)
+            if self.claims is not None
+            else None
+        )
         try:
             yield f"retry: {RETRY_MILLISECONDS}\n\n".encode()
+            # Once more now that it is subscribed: a revocation heard between
+            # the route's check and the subscription had no stream to close.
+            if not await self._still_allowed():
+                return
             await self.store.watch_users([self.user_id], WATCH_SECONDS)
             # After subscribing and watching: whatever commits from here on is
             # notified and queued.
@@ -180,7 +206,13 @@ class EventStream:
             yield frame("ready", {"last_event_id": self.cursor}, self.cursor)
             while True:
                 items = await self._next(subscription)
+                if subscription.closed:
+                    return
                 if not items:
+                    # A backstop for a revocation whose closing was missed
+                    # (its check failed): a lookup in memory, most of the time.
+                    if not await self._still_allowed():
+                        return
                     yield b": ping\n\n"
                     continue
                 if any(isinstance(item, CatchUp) for item in items):
@@ -202,9 +234,14 @@ class EventStream:
             )
         finally:
             settle.cancel()
+            if expiry is not None:
+                expiry.cancel()
             self.hub.unsubscribe(subscription)
 
-    async def _next(self, subscription: Subscription) -> list[TaskEvent | CatchUp]:
+    async def _still_allowed(self) -> bool:
+        return self.claims is None or await self.hub.allows(self.claims)
+
+    async def _next(self, subscription: Subscription) -> list[TaskEvent | CatchUp | Closed]:
         """What is waiting (at least one item), or [] after a heartbeat's silence."""
         try:
             async with asyncio.timeout(HEARTBEAT_SECONDS):
@@ -261,7 +298,7 @@ class EventStream:
 # ----- routes -----------------------------------------------------------------------
 
 
-def _authenticate() -> int:
+async def _authenticate() -> TokenClaims:
     """The header's Bearer token, or ``?access_token=`` (see the module docstring)."""
     header = request.headers.get("Authorization")
     query_token = request.args.get("access_token")
@@ -271,9 +308,7 @@ def _authenticate() -> int:
         token = rest.strip() if scheme.lower() == "bearer" and rest else query_token.strip()
     else:
         token = token_from_header(header)
-    g.user_id = verify_token(token, config().secret)
-    user_id: int = g.user_id
-    return user_id
+    return await authenticate(token)
 
 
 def _resume_from() -> int | None:
@@ -296,7 +331,10 @@ def _store() -> LiveEventsStore:
     return services().events
 
 
-def _stream_response(user_id: int, task_id: UUID | None, resume_from: int | None) -> Response:
+def _stream_response(
+    claims: TokenClaims, task_id: UUID | None, resume_from: int | None
+) -> Response:
+    user_id = claims.user_id
     event_hub = hub()
     if event_hub.streams_of(user_id) >= MAX_STREAMS_PER_USER:
         return json_response(
@@ -304,7 +342,7 @@ def _stream_response(user_id: int, task_id: UUID | None, resume_from: int | None
             429,
             {"Retry-After": "5"},
         )
-    stream = EventStream(event_hub, _store(), user_id, task_id, resume_from)
+    stream = EventStream(event_hub, _store(), user_id, task_id, resume_from, claims)
     response = Response(
         stream.body(),
         status=200,
@@ -318,16 +356,16 @@ def _stream_response(user_id: int, task_id: UUID | None, resume_from: int | None
 
 @blueprint.get("/api/events")
 async def user_events() -> Response:
-    user_id = _authenticate()
-    return _stream_response(user_id, None, _resume_from())
+    claims = await _authenticate()
+    return _stream_response(claims, None, _resume_from())
 
 
 @blueprint.get("/api/tasks/<raw_id>/events")
 async def task_events(raw_id: str) -> Response:
-    user_id = _authenticate()
+    claims = await _authenticate()
     task_id = parse_task_id(raw_id)
     resume_from = _resume_from()
     # Another user's task is indistinguishable from a missing one.
-    if await services().tasks.select_own_task(task_id, user_id) is None:
+    if await services().tasks.select_own_task(task_id, claims.user_id) is None:
         raise TaskNotFound()
-    return _stream_response(user_id, task_id, resume_from)
+    return _stream_response(claims, task_id, resume_from)

@@ -19,6 +19,7 @@ from taskflow.handlers import Registry
 from taskflow.models import (
     Credentials,
     LoginRequest,
+    PasswordChange,
     TaskPatch,
     TaskStatus,
 )
@@ -55,6 +56,7 @@ def build_document(registry: Registry) -> dict[str, Any]:
                 "error": {"type": "string"},
                 "details": {},
                 "request_id": {"type": "string"},
+                "limit": {"type": "string", "description": "on a 429: the limit's config key"},
             },
         },
         "TaskStatus": {"type": "string", "enum": [s.value for s in TaskStatus]},
@@ -115,6 +117,7 @@ def build_document(registry: Registry) -> dict[str, Any]:
     schemas["TaskCreate"] = {"oneOf": payload_refs}
     credentials = _schema(Credentials, schemas)
     login = _schema(LoginRequest, schemas)
+    password_change = _schema(PasswordChange, schemas)
     patch = _schema(TaskPatch, schemas)
     task = {"$ref": "#/components/schemas/Task"}
     task_id_param = {
@@ -157,6 +160,8 @@ def build_document(registry: Registry) -> dict[str, Any]:
                     ),
                     "400": _error("bad email or password"),
                     "409": _error("email taken"),
+                    "429": _error("too many registrations from this address (Retry-After)"),
+                    "503": _error("too many password hashes at once (Retry-After)"),
                 },
                 requestBody={
                     "required": True,
@@ -181,8 +186,34 @@ def build_document(registry: Registry) -> dict[str, Any]:
                     ),
                     "400": _error("malformed request"),
                     "401": _error("invalid email or password"),
+                    "429": _error("too many failed logins for the email or address (Retry-After)"),
+                    "503": _error("too many password hashes at once (Retry-After)"),
                 },
                 requestBody={"required": True, "content": {"application/json": {"schema": login}}},
+            )
+        },
+        "/api/logout": {
+            "post": op(
+                "Revoke the token of this request (the user's other tokens stay valid)",
+                {"204": {"description": "revoked; its open event streams end"}, **common},
+                security=secured,
+            )
+        },
+        "/api/password": {
+            "post": op(
+                "Change the password; every token issued before is revoked, this one too",
+                {
+                    "204": {"description": "changed; log in again with the new password"},
+                    "400": _error("invalid new password"),
+                    "401": _error("missing, invalid or revoked token, or wrong current password"),
+                    "429": _error("too many wrong passwords for the account (Retry-After)"),
+                    "503": _error("too many password hashes at once (Retry-After)"),
+                },
+                security=secured,
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": password_change}},
+                },
             )
         },
         "/api/tasks": {
