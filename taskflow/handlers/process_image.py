@@ -16,6 +16,13 @@ Operations run in this fixed order, each only when its field is given:
 
 Omitted fields, ``false``, ``gamma = 1`` and 0 % change nothing; when nothing
 is left to do, the output is a byte-for-byte copy of the (verified) input.
+Verified means the whole image decodes: a PNG's chunks up to the end of its
+image data match their CRCs and the data inflates, a piece at a time, to every
+row the header promises, with valid row filters; a JPEG is decoded at 1/8
+scale, which still reads every coefficient; other formats are decoded in full.
+A PNG or JPEG copy therefore never holds a full-size pixel buffer. A PNG is
+checked the same way before it is processed, so one whose data stops early is
+refused rather than padded with black rows, as Pillow alone would.
 
 Colour operations work on the RGB (or grey) channels; an alpha channel is
 kept as it was. When an operation applies, only the first frame of an
@@ -27,30 +34,70 @@ The output is a new file next to the input, ``<stem>.processed<ext>`` (then
 ``{"output", "width", "height", "format", "source", "operations"}``; it is
 saved as progress right after the file lands, so a retry of an attempt that
 died before finishing returns it instead of writing a second copy. Accepted
-inputs: PNG, JPEG, GIF, WebP, BMP, TIFF. Anything else, a truncated file or an
-image over ``MAX_IMAGE_PIXELS`` (a decompression bomb) fails permanently.
-The work runs in a thread so the event loop stays free.
+inputs: PNG, JPEG, GIF, WebP, BMP, TIFF. Anything else, a truncated file, an
+image over ``MAX_IMAGE_PIXELS`` (a decompression bomb) or a TIFF whose first
+directory lists more values than a real image needs (``image_formats``) fails
+permanently.
+
+Memory is bounded, whatever the file. Before any pixel is decoded, the job's
+peak is estimated from the header: the decoded image, what its decoder holds
+besides (``image_formats``), the pipeline's full-size images and strips
+(``image_pipeline``) and what the encoder holds. A job over
+``MAX_TASK_IMAGE_BYTES`` fails permanently, naming the limit. Otherwise it
+reserves its estimate from ``IMAGE_MEMORY``, shared by every image job in the
+process (``PROCESS_IMAGE_BYTES``), and waits, on the event loop and within its
+task timeout, while the others hold too much; it releases the reservation when
+its pixels are gone, even after its task was cancelled. The work runs in a
+thread so the event loop stays free.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import struct
 import threading
+import zlib
+from dataclasses import dataclass
 from typing import IO, Any
 
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from taskflow.errors import FileNotFound, PermanentError, ValidationFailed
+from taskflow.errors import FileNotFound, PermanentError, TransientError, ValidationFailed
 from taskflow.files import UserFiles, split_name
 from taskflow.handlers import TaskContext, TaskType
+from taskflow.handlers.image_formats import (
+    check_tiff_directory,
+    decoder_extra_bytes,
+    encoder_extra_bytes,
+    verify_png,
+)
+from taskflow.handlers.image_memory import MemoryBudget, run_holding
+from taskflow.handlers.image_pipeline import Check, Plan, pixel_bytes, plan_operations
 from taskflow.models import ProcessImagePayload
 
-# 64 Mpx is a 9000x7000 photo; its RGBA buffer alone is 256 MiB. Pillow warns
-# above this and refuses above twice this; both are errors here.
-MAX_IMAGE_PIXELS = 64_000_000
+MIB = 1024 * 1024
+# One job's peak: a 64 Mpx colour photo decoded (RGB is stored at 4 bytes a
+# pixel) plus one full-size working image.
+MAX_TASK_IMAGE_BYTES = 512 * MIB
+# Every image job of one worker process together: with the default three task
+# slots, two large jobs run at once and a third waits its turn.
+PROCESS_IMAGE_BYTES = 1024 * MIB
+# The pixel cap that follows: a colour image and one working copy, 8 bytes a
+# pixel. Pillow warns above this and refuses above twice this; both are
+# errors here.
+MAX_IMAGE_PIXELS = MAX_TASK_IMAGE_BYTES // 8
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+IMAGE_MEMORY = MemoryBudget(PROCESS_IMAGE_BYTES)
+
+# Held by any job: interpreter objects, codec state, the file itself (WebP
+# reads it whole, libtiff maps it) and a few rows of up to 8 bytes a pixel.
+_BASE_BYTES = 16 * MIB
+_ROW_BUFFER_BYTES_PER_COLUMN = 32 * 8
+# At 1/8 scale a JPEG decodes to an eighth of each side.
+_JPEG_SCALE = 8
 
 # Decoders only for common formats: Pillow can also open EPS (which runs
 # Ghostscript) and dozens of rarely audited formats a user could upload.
@@ -81,6 +128,7 @@ _DECODE_ERRORS = (
     ValueError,
     EOFError,
     struct.error,
+    zlib.error,
 )
 
 
@@ -101,60 +149,12 @@ def _is_identity(payload: ProcessImagePayload) -> bool:
     )
 
 
-def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
-    """The colour part (mode RGB or L) and the alpha channel, if any."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or ("transparency" in image.info)
-    if has_alpha:
-        grey = image.mode in ("LA", "La") or (image.mode == "L")
-        with_alpha = image.convert("LA" if grey else "RGBA")
-        return with_alpha.convert("L" if grey else "RGB"), with_alpha.getchannel("A")
-    if image.mode.startswith("I"):
-        # 16-bit grey (PNG, TIFF): scale to 8 bits; a plain convert would clip
-        # everything above 255 to white.
-        return image.convert("I").point(lambda value: value * (1 / 256)).convert("L"), None
-    if image.mode in ("L", "1", "F"):
-        return image.convert("L"), None
-    return image.convert("RGB"), None
-
-
 def _colour_space(mode: str) -> str:
     if mode in ("RGB", "RGBA", "RGBa", "P", "PA"):
         return "rgb"
     if mode in ("L", "LA", "La", "1") or mode.startswith(("I", "F")):
         return "grey"
     return mode
-
-
-def _gamma_table(gamma: float, bands: int) -> list[int]:
-    exponent = 1.0 / gamma
-    table = [round(255 * (value / 255) ** exponent) for value in range(256)]
-    return table * bands
-
-
-def apply_operations(image: Image.Image, payload: ProcessImagePayload) -> Image.Image:
-    """The documented pipeline, on an already loaded image."""
-    base, alpha = _split_alpha(image)
-    if payload.grayscale:
-        base = base.convert("L")
-    if payload.invert:
-        base = ImageOps.invert(base)
-    if payload.blur:
-        base = base.filter(ImageFilter.GaussianBlur(radius=payload.blur))
-    if payload.sharpen:
-        base = base.filter(
-            ImageFilter.UnsharpMask(radius=2, percent=round(100 * payload.sharpen), threshold=0)
-        )
-    if payload.gamma is not None and payload.gamma != 1:
-        base = base.point(_gamma_table(payload.gamma, len(base.getbands())))
-    if payload.contrast:
-        base = ImageEnhance.Contrast(base).enhance(1 + payload.contrast / 100)
-    if payload.brightness:
-        base = ImageEnhance.Brightness(base).enhance(1 + payload.brightness / 100)
-    if payload.saturation:
-        base = ImageEnhance.Color(base).enhance(1 + payload.saturation / 100)
-    if alpha is not None:
-        base.putalpha(alpha)
-    return base
 
 
 def _extension_for(source_name: str, image_format: str) -> str:
@@ -165,79 +165,157 @@ def _extension_for(source_name: str, image_format: str) -> str:
     return _PRIMARY_EXTENSION.get(image_format, "." + image_format.lower())
 
 
-def _open_checked(handle: IO[bytes], name: str) -> Image.Image:
-    image = Image.open(handle, formats=ACCEPTED_FORMATS)
+def _open_source(files: UserFiles, name: str) -> IO[bytes]:
     try:
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise PermanentError(
-                f"{name!r} is {image.width}x{image.height} pixels, over the limit of "
-                f"{MAX_IMAGE_PIXELS} (a decompression bomb?)"
-            )
-        image.load()
-    except BaseException:
-        image.close()
-        raise
-    return image
-
-
-def _render(
-    files: UserFiles, payload: ProcessImagePayload, abandoned: threading.Event
-) -> dict[str, Any]:
-    name = payload.path
-    try:
-        handle = files.open_read(name)
+        return files.open_read(name)
     except FileNotFound:
         raise PermanentError(f"image {name!r} not found") from None
     except ValidationFailed as exc:
         raise PermanentError(f"image {name!r} cannot be used: {exc.message}") from None
-    with handle:
-        try:
-            image = _open_checked(handle, name)
-        except PermanentError:
-            raise
-        except UnidentifiedImageError:
-            raise PermanentError(
-                f"{name!r} is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})"
-            ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise PermanentError(f"{name!r} is too large to decode safely: {exc}") from None
-        except _DECODE_ERRORS as exc:
-            raise PermanentError(f"{name!r} is not a valid image: {exc}") from None
-        with image:
-            source_format = image.format or "PNG"
-            output_format = _OUTPUT_FORMAT.get(source_format, source_format)
-            stem, _ = split_name(name)
-            output_name = files.unique_name(
-                f"{stem}.processed", _extension_for(name, output_format)
-            )
-            width, height = image.size
-            with files.atomic_writer(output_name, on_conflict="rename") as writer:
-                if _is_identity(payload) and output_format == source_format:
-                    handle.seek(0)
-                    shutil.copyfileobj(handle, writer.file)
-                else:
-                    try:
-                        result = apply_operations(image, payload)
-                    except _DECODE_ERRORS as exc:
-                        raise PermanentError(f"cannot process {name!r}: {exc}") from None
-                    options = dict(_SAVE_OPTIONS.get(output_format, {}))
-                    if output_format in _KEEPS_METADATA:
-                        if image.info.get("exif"):
-                            options["exif"] = image.info["exif"]
-                        # A colour profile only fits pixels of its own colour
-                        # space: not after CMYK -> RGB or RGB -> grey.
-                        same_space = _colour_space(image.mode) == _colour_space(result.mode)
-                        if image.info.get("icc_profile") and same_space:
-                            options["icc_profile"] = image.info["icc_profile"]
-                    try:
-                        result.save(writer.file, format=output_format, **options)
-                    except (KeyError, ValueError) as exc:
-                        raise PermanentError(
-                            f"cannot write {output_format} images: {exc}"
-                        ) from None
-                if abandoned.is_set():
-                    raise _Abandoned
-    return {"output": writer.name, "width": width, "height": height, "format": output_format}
+
+
+def _open_image(handle: IO[bytes], name: str) -> Image.Image:
+    """The image with its header read and checked; no pixel is decoded."""
+    try:
+        check_tiff_directory(handle)
+        handle.seek(0)
+        image = Image.open(handle, formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        supported = ", ".join(ACCEPTED_FORMATS)
+        raise PermanentError(
+            f"{name!r} is not an image in a supported format ({supported})"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PermanentError(f"{name!r} is too large to decode safely: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        raise PermanentError(f"{name!r} is not a valid image: {exc}") from None
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise PermanentError(
+            f"{name!r} is {image.width}x{image.height} pixels, over the limit of "
+            f"{MAX_IMAGE_PIXELS} (a decompression bomb?)"
+        )
+    return image
+
+
+@dataclass(frozen=True)
+class _Job:
+    output_format: str
+    plan: Plan | None  # None: the output is a verified copy of the input
+    estimate_bytes: int
+
+
+def _examine(
+    handle: IO[bytes], image: Image.Image, name: str, payload: ProcessImagePayload
+) -> _Job:
+    """What the job will do and the most memory it will hold at once; refuses
+    a job that can never fit."""
+    source_format = image.format or "PNG"
+    output_format = _OUTPUT_FORMAT.get(source_format, source_format)
+    width, height = image.size
+    pixels = width * height
+    base = _BASE_BYTES + os.fstat(handle.fileno()).st_size + width * _ROW_BUFFER_BYTES_PER_COLUMN
+    decoder_extra = decoder_extra_bytes(handle, image)
+    decoded = pixels * pixel_bytes(image.mode) + decoder_extra
+    plan: Plan | None = None
+    if _is_identity(payload) and output_format == source_format:
+        peak = decoded
+        if source_format == "PNG":
+            peak = 0
+        elif source_format == "JPEG":
+            scaled = -(-width // _JPEG_SCALE) * -(-height // _JPEG_SCALE)
+            peak = scaled * pixel_bytes(image.mode) + decoder_extra
+    else:
+        plan = plan_operations(width, height, image.mode, "transparency" in image.info, payload)
+        encoding = encoder_extra_bytes(output_format, plan.mode, pixels)
+        peak = max(decoded, plan.peak_bytes(), plan.image_bytes(plan.mode) + encoding)
+    job = _Job(output_format, plan, base + peak)
+    if job.estimate_bytes > MAX_TASK_IMAGE_BYTES:
+        raise PermanentError(
+            f"{name!r} ({width}x{height} {image.mode}) needs about "
+            f"{-(-job.estimate_bytes // MIB)} MiB to process with these operations, over the "
+            f"per-task image memory limit of {MAX_TASK_IMAGE_BYTES // MIB} MiB"
+        )
+    return job
+
+
+def estimate_job_bytes(files: UserFiles, payload: ProcessImagePayload) -> int:
+    """The most memory the job will hold at once, from the image header alone;
+    raises PermanentError for a job that can never run."""
+    with (
+        _open_source(files, payload.path) as handle,
+        _open_image(handle, payload.path) as image,
+    ):
+        return _examine(handle, image, payload.path, payload).estimate_bytes
+
+
+def _verify(handle: IO[bytes], image: Image.Image) -> None:
+    if image.format == "PNG":
+        verify_png(handle)
+        return
+    if image.format == "JPEG":
+        image.draft(image.mode, (1, 1))  # the smallest scale libjpeg offers
+    image.load()
+
+
+def _render(
+    files: UserFiles, payload: ProcessImagePayload, reserved_bytes: int, check: Check
+) -> dict[str, Any]:
+    name = payload.path
+    with _open_source(files, name) as handle, _open_image(handle, name) as image:
+        job = _examine(handle, image, name, payload)
+        if job.estimate_bytes > reserved_bytes:
+            raise TransientError(f"{name!r} was replaced by a larger image while it waited")
+        source_mode, info = image.mode, image.info
+        width, height = image.size
+        stem, _ = split_name(name)
+        output_name = files.unique_name(
+            f"{stem}.processed", _extension_for(name, job.output_format)
+        )
+        with files.atomic_writer(output_name, on_conflict="rename") as writer:
+            if job.plan is None:
+                try:
+                    _verify(handle, image)
+                except _DECODE_ERRORS as exc:
+                    raise PermanentError(f"{name!r} is not a valid image: {exc}") from None
+                handle.seek(0)
+                shutil.copyfileobj(handle, writer.file)
+            else:
+                try:
+                    if image.format == "PNG":
+                        verify_png(handle)
+                    image.load()
+                except _DECODE_ERRORS as exc:
+                    raise PermanentError(f"{name!r} is not a valid image: {exc}") from None
+                try:
+                    result = job.plan.run(image, check)
+                except _DECODE_ERRORS as exc:
+                    raise PermanentError(f"cannot process {name!r}: {exc}") from None
+                with result:
+                    _save(result, job.output_format, source_mode, info, writer.file)
+            check()
+    return {"output": writer.name, "width": width, "height": height, "format": job.output_format}
+
+
+def _save(
+    image: Image.Image,
+    image_format: str,
+    source_mode: str,
+    info: dict[Any, Any],
+    output: IO[bytes],
+) -> None:
+    options = dict(_SAVE_OPTIONS.get(image_format, {}))
+    if image_format in _KEEPS_METADATA:
+        if info.get("exif"):
+            options["exif"] = info["exif"]
+        # A colour profile only fits pixels of its own colour space: not
+        # after CMYK -> RGB or RGB -> grey.
+        if info.get("icc_profile") and _colour_space(source_mode) == _colour_space(image.mode):
+            options["icc_profile"] = info["icc_profile"]
+    try:
+        image.save(output, format=image_format, **options)
+    except (KeyError, ValueError) as exc:
+        raise PermanentError(f"cannot write {image_format} images: {exc}") from None
 
 
 def _operations(payload: ProcessImagePayload) -> dict[str, Any]:
@@ -266,8 +344,17 @@ async def process_image(payload: ProcessImagePayload, ctx: TaskContext) -> dict[
     if earlier is not None:
         return earlier
     abandoned = threading.Event()
+
+    def check() -> None:
+        if abandoned.is_set():
+            raise _Abandoned
+
     try:
-        result = await asyncio.to_thread(_render, ctx.files, payload, abandoned)
+        estimate_bytes = await asyncio.to_thread(estimate_job_bytes, ctx.files, payload)
+        reservation = await IMAGE_MEMORY.reserve(estimate_bytes)
+        result = await run_holding(
+            reservation, lambda: _render(ctx.files, payload, estimate_bytes, check)
+        )
     except asyncio.CancelledError:
         # The thread cannot be interrupted; make it drop its output instead.
         abandoned.set()
