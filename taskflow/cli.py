@@ -60,7 +60,7 @@ def _serve_metrics(args: argparse.Namespace) -> None:
     if getattr(args, "metrics_port", None):
         from taskflow.metrics import serve
 
-        serve(args.metrics_port)
+        serve(args.metrics_port, args.metrics_host)
 
 
 # ----- commands
@@ -96,12 +96,14 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
+def _uvicorn_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from taskflow.api.http_protocol import http_protocol
+
     return {
         "host": args.host,
         "port": args.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": http_protocol(settings.http_header_timeout_seconds),  # httptools, bounded
         "lifespan": "on",
         "access_log": False,
         "log_config": None,
@@ -126,14 +128,14 @@ def cmd_api(args: argparse.Namespace) -> int:
         },
     )
     if processes > 1:
-        return _serve_api_processes(args, processes)
+        return _serve_api_processes(args, settings, processes)
 
-    server = uvicorn.Server(uvicorn.Config(_api_app(settings), **_uvicorn_options(args)))
+    server = uvicorn.Server(uvicorn.Config(_api_app(settings), **_uvicorn_options(args, settings)))
     server.run()
     return 0
 
 
-def _serve_api_processes(args: argparse.Namespace, processes: int) -> int:
+def _serve_api_processes(args: argparse.Namespace, settings: Settings, processes: int) -> int:
     """Several API processes on one socket, kept by uvicorn's supervisor
     (it restarts a child that dies). They share their metrics through a
     directory that lives as long as this process."""
@@ -154,7 +156,7 @@ def _serve_api_processes(args: argparse.Namespace, processes: int) -> int:
             "taskflow.cli:api_app_from_environment",
             factory=True,
             workers=processes,
-            **_uvicorn_options(args),
+            **_uvicorn_options(args, settings),
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -250,10 +252,25 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Start a private stack (database, queue, API, scheduler, workers) and measure it."""
-    settings = _settings(args, "bench")
-    from taskflow.bench.run import main as run_bench
+    """Start a private stack (database, queue, API, scheduler, workers) and measure it.
 
+    The bench is not in the package: it is ``ops/bench`` of the source checkout
+    this ``taskflow`` was imported from, and it is found there or nowhere."""
+    import importlib
+
+    if not (REPO_ROOT / "ops" / "bench" / "main.py").is_file():
+        print(
+            "taskflow bench: the bench ships with the source checkout: "
+            "run it from there, see ops/bench/README.md",
+            file=sys.stderr,
+        )
+        return 2
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    run_bench: Callable[[Settings, argparse.Namespace], int] = importlib.import_module(
+        "ops.bench.main"
+    ).main
+    settings = _settings(args, "bench")
     return run_bench(settings, args)
 
 
@@ -341,6 +358,11 @@ def supervise(commands: dict[str, list[str]], env: dict[str, str]) -> int:
 # ----- argument parsing
 
 
+def _add_metrics_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="default: loopback only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskflow", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -364,14 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
 
     scheduler = sub.add_parser("scheduler", help="promote due tasks, rescue leases")
-    scheduler.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    _add_metrics_options(scheduler)
     scheduler.set_defaults(func=cmd_scheduler)
 
     worker = sub.add_parser("worker", help="run tasks")
     worker.add_argument("--concurrency", type=int, default=None, help="default: NUMOFWORKERS")
     worker.add_argument("--burst", action="store_true", help="exit once no task is left to claim")
     worker.add_argument("--no-broker", action="store_true", help="claim from Postgres only")
-    worker.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    _add_metrics_options(worker)
     worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser("migrate", help="apply db/migrations")

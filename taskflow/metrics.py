@@ -1,8 +1,10 @@
 """Prometheus metrics, one registry per process.
 
 The API serves them at ``/metrics``; workers and the scheduler serve them on
-``--metrics-port`` when given. Queue depth and age are read from Postgres when
-scraped, so every process reports the same truth.
+``--metrics-port`` when given, on the loopback interface unless
+``--metrics-host`` says otherwise: they answer anyone who can connect. Queue
+depth and age are read from Postgres when scraped, so every process reports
+the same truth.
 
 An API run as several processes (``taskflow api --processes N``) shares one
 set of numbers: the parent sets ``PROMETHEUS_MULTIPROC_DIR`` before the
@@ -108,6 +110,6 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def serve(port: int, host: str = "0.0.0.0") -> None:
+def serve(port: int, host: str = "127.0.0.1") -> None:
     """Expose this process's metrics over HTTP from a background thread."""
     start_http_server(port, addr=host, registry=REGISTRY)

@@ -4,13 +4,10 @@ Every name goes through :class:`taskflow.files.UserFiles`, which accepts only
 plain file names inside ``<base_file_path>/<user_id>/``: a bad name is a 400, a
 name that is not there (or is another user's) a 404.
 
-Uploads stream. ``request.files`` would spool the whole body before the view
-runs, so the multipart body is parsed here part by part as it arrives
-(werkzeug's sans-IO decoder) and the file part goes to disk through
-``UserFiles.save_upload`` in a thread, a chunk at a time. Because the name
-decides where the bytes go, the optional ``name`` field must come before the
-``file`` part, and nothing may follow it (S3's browser uploads, which stream
-too, have the same rule).
+Uploads stream (``taskflow.api.uploads``). All disk I/O runs on the app's own
+file I/O threads, a short call at a time (one chunk, one listing): never on
+the event loop, and never on the default executor, where a slow disk would
+queue up everything else that uses it.
 
 Downloads are always attachments with a passive Content-Type, so an uploaded
 .html or .svg never renders in the API's origin.
@@ -19,43 +16,35 @@ Downloads are always attachments with a passive Content-Type, so an uploaded
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import mimetypes
 import os
-import queue
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import aclosing
-from typing import IO, Any, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import IO, Any, TypeVar, cast
 from urllib.parse import quote
 
 from flask.sansio.blueprints import BlueprintSetupState
-from quart import Blueprint, Quart, Response, request
-from quart.wrappers.request import Body
-from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout, UnsupportedMediaType
+from quart import Blueprint, Quart, Response, current_app, request
+from werkzeug.exceptions import UnsupportedMediaType
 from werkzeug.routing import PathConverter
-from werkzeug.sansio.multipart import Data, Epilogue, Event, Field, File, MultipartDecoder, NeedData
 
 from taskflow.api import ApiConfig, config
 from taskflow.api.responses import json_response
 from taskflow.api.security import current_user_id, require_user
-from taskflow.errors import PayloadTooLarge, ValidationFailed
-from taskflow.files import CHUNK_BYTES, ConflictPolicy, FileInfo, UserFiles
+from taskflow.api.uploads import UPLOAD_OVERHEAD_BYTES, receive_upload
+from taskflow.errors import ValidationFailed
+from taskflow.files import CHUNK_BYTES, ConflictPolicy, UserFiles
+
+T = TypeVar("T")
 
 blueprint = Blueprint("files", __name__)
 
 FILES_PATH = "/api/files"
-# Room for the multipart framing around the file: boundaries, part headers and
-# the name field. The file itself is held to upload_max_bytes exactly.
-UPLOAD_OVERHEAD_BYTES = 64 * 1024
-FIELD_MAX_BYTES = 4096  # a text field; a name is at most 255 bytes of UTF-8
-MAX_FORM_PARTS = 16
-# The decoder is fed slices of this size, so one huge network read (or a test
-# client's whole body at once) never becomes one huge buffer copy.
-DECODER_SLICE_BYTES = 64 * 1024
-# What the decoder may buffer at once: part headers and a partial boundary,
-# never file data, which it hands out as it goes.
-DECODER_BUFFER_BYTES = 4 * DECODER_SLICE_BYTES
 MAX_BOUNDARY_CHARS = 70  # RFC 2046
+FILE_IO_EXTENSION = "taskflow.file_io"
+# Every call on them is short, so a few threads serve many uploads and
+# downloads at once; a slow disk makes file requests wait, nothing else.
+FILE_IO_THREADS = 8
 CONFLICT_POLICIES: dict[str, ConflictPolicy] = {"error": "error", "rename": "rename"}
 
 # Types a browser shows passively or hands to a viewer; anything else (HTML,
@@ -127,11 +116,32 @@ def _allow_large_uploads(setup: BlueprintSetupState) -> None:
     app.request_class = UploadLimitRequest
 
 
+@blueprint.while_app_serving
+async def _file_io_threads() -> AsyncGenerator[None, None]:
+    executor = ThreadPoolExecutor(FILE_IO_THREADS, thread_name_prefix="taskflow-file-io")
+    current_app.extensions[FILE_IO_EXTENSION] = executor
+    try:
+        yield
+    finally:
+        del current_app.extensions[FILE_IO_EXTENSION]
+        # Lets the calls already submitted (an abandoned upload's discard) end.
+        await asyncio.to_thread(executor.shutdown)
+
+
 # ----- helpers ------------------------------------------------------------------------
 
 
 def _user_files() -> UserFiles:
     return UserFiles(config().settings.base_file_path, current_user_id())
+
+
+def _file_io() -> Executor:
+    executor: Executor = current_app.extensions[FILE_IO_EXTENSION]
+    return executor
+
+
+async def _in_file_thread(call: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_file_io(), call, *args)
 
 
 def _conflict_policy() -> ConflictPolicy:
@@ -172,175 +182,6 @@ def passive_content_type(name: str) -> str:
     return "application/octet-stream"
 
 
-# ----- reading the multipart body -----------------------------------------------------
-
-
-async def _next_or_none(source: AsyncIterator[bytes]) -> bytes | None:
-    try:
-        return await anext(source)
-    except StopAsyncIteration:
-        return None
-
-
-async def _body_chunks(
-    body: Body, *, max_bytes: int, idle_timeout_seconds: float | None
-) -> AsyncGenerator[bytes, None]:
-    """The raw body as it arrives, at most ``max_bytes`` of it.
-
-    Counts every byte itself: Quart's own limit checks what is buffered, so a
-    body without Content-Length that is read as it arrives would slip past it.
-    The timeout is per chunk, not for the whole body: a 25 MiB upload on a slow
-    link is fine, a client that stalls is not (and an abandoned request must
-    not hold a thread forever).
-    """
-    too_large = f"the request body is larger than {max_bytes} bytes"
-    received = 0
-    while True:
-        try:
-            chunk = await asyncio.wait_for(_next_or_none(body), idle_timeout_seconds)
-        except TimeoutError:
-            raise RequestTimeout() from None
-        except RequestEntityTooLarge:
-            # Quart refuses a declared Content-Length over the limit up front.
-            raise PayloadTooLarge(too_large) from None
-        if chunk is None:
-            return
-        received += len(chunk)
-        if received > max_bytes:
-            raise PayloadTooLarge(too_large)
-        yield chunk
-
-
-async def _form_events(
-    body: Body, boundary: bytes, *, max_body_bytes: int, idle_timeout_seconds: float | None
-) -> AsyncGenerator[Event, None]:
-    """Multipart events up to and including the Epilogue."""
-    decoder = MultipartDecoder(
-        boundary, max_form_memory_size=DECODER_BUFFER_BYTES, max_parts=MAX_FORM_PARTS
-    )
-    chunks = _body_chunks(body, max_bytes=max_body_bytes, idle_timeout_seconds=idle_timeout_seconds)
-    try:
-        async with aclosing(chunks):
-            async for data in chunks:
-                for start in range(0, len(data), DECODER_SLICE_BYTES):
-                    decoder.receive_data(data[start : start + DECODER_SLICE_BYTES])
-                    while not isinstance(event := decoder.next_event(), NeedData):
-                        yield event
-        decoder.receive_data(None)
-        while not isinstance(event := decoder.next_event(), Epilogue):
-            yield event
-        yield event
-    except RequestEntityTooLarge:  # the decoder's limits
-        raise PayloadTooLarge(
-            f"the form has more than {MAX_FORM_PARTS} parts, or part headers or trailing "
-            f"data over {DECODER_BUFFER_BYTES} bytes"
-        ) from None
-    except ValueError as exc:  # incl. UnicodeDecodeError in a part header
-        raise ValidationFailed(f"malformed multipart/form-data body: {exc}") from None
-
-
-def _field_text(field: Field, value: bytes) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValidationFailed(f"form field {field.name!r} is not valid UTF-8") from None
-
-
-async def _read_until_file(events: AsyncIterator[Event]) -> tuple[str | None, File]:
-    """Read the text fields before the file part; return the ``name`` field
-    (None if absent or empty) and the file part's header."""
-    name: str | None = None
-    field: Field | None = None
-    value = bytearray()
-    async for event in events:
-        if isinstance(event, Field):
-            field, value = event, bytearray()
-        elif isinstance(event, Data) and field is not None:
-            value += event.data
-            if len(value) > FIELD_MAX_BYTES:
-                raise ValidationFailed(
-                    f"form field {field.name!r} is longer than {FIELD_MAX_BYTES} bytes"
-                )
-            if not event.more_data:
-                if field.name == "name":
-                    if name is not None:
-                        raise ValidationFailed("the form has more than one 'name' field")
-                    name = _field_text(field, bytes(value)) or None
-                field = None
-        elif isinstance(event, File):
-            if event.name != "file":
-                raise ValidationFailed(
-                    f"unexpected file field {event.name!r}: send the file as the 'file' field"
-                )
-            return name, event
-    raise ValidationFailed("the form has no 'file' field")
-
-
-async def _file_data(events: AsyncIterator[Event]) -> AsyncGenerator[bytes, None]:
-    """The file part's bytes; then checks that nothing but the end follows."""
-    async for event in events:
-        if isinstance(event, Data):
-            if event.data:
-                yield event.data
-            if not event.more_data:
-                break
-    async for event in events:
-        if isinstance(event, Field | File):
-            raise ValidationFailed(
-                "the 'file' part must be the last part of the form "
-                f"(found {event.name!r} after it; send 'name' before 'file')"
-            )
-
-
-class UploadAbandoned(Exception):
-    """Tells the writing thread to drop its partial file: the request failed
-    or was cancelled while the file part was still arriving."""
-
-
-async def _save_streaming(
-    files: UserFiles,
-    name: str,
-    data: AsyncIterator[bytes],
-    *,
-    max_bytes: int,
-    on_conflict: ConflictPolicy,
-) -> FileInfo:
-    """Feed ``UserFiles.save_upload``, running in a thread, from the event loop.
-
-    Only this task touches the body and the parser; the thread only takes
-    chunks from a queue and writes them. The queue needs no bound: Quart keeps
-    whatever the client sent in memory until it is read anyway, and the body
-    is capped.
-    """
-    chunks: queue.SimpleQueue[bytes | UploadAbandoned | None] = queue.SimpleQueue()
-
-    def take() -> Iterator[bytes]:
-        while (item := chunks.get()) is not None:
-            if isinstance(item, UploadAbandoned):
-                raise item
-            yield item
-
-    saving = asyncio.ensure_future(
-        asyncio.to_thread(
-            files.save_upload, name, take(), max_bytes=max_bytes, on_conflict=on_conflict
-        )
-    )
-    try:
-        async for chunk in data:
-            if saving.done():
-                break  # refused (a taken name, too large): no use reading on
-            chunks.put(chunk)
-        chunks.put(None)
-    except BaseException:
-        chunks.put(UploadAbandoned())
-        # Wait for the partial file to go before the error answer does; the
-        # writer's own outcome no longer matters.
-        with contextlib.suppress(Exception):
-            await saving
-        raise
-    return await saving
-
-
 # ----- routes -------------------------------------------------------------------------
 
 
@@ -350,25 +191,16 @@ async def upload_file() -> Response:
     settings = config().settings
     on_conflict = _conflict_policy()
     boundary = _multipart_boundary()
-    files = _user_files()
-    events = _form_events(
+    info = await receive_upload(
         request.body,
         boundary,
-        max_body_bytes=settings.upload_max_bytes + UPLOAD_OVERHEAD_BYTES,
+        _user_files(),
+        file_io=_file_io(),
+        max_file_bytes=settings.upload_max_bytes,
+        on_conflict=on_conflict,
         idle_timeout_seconds=request.body_timeout,
+        total_timeout_seconds=settings.upload_timeout_seconds,
     )
-    async with aclosing(events):
-        name, upload = await _read_until_file(events)
-        name = name or upload.filename
-        if not name:
-            raise ValidationFailed(
-                "the upload has no file name: give one in the 'name' field or as the "
-                "file part's filename"
-            )
-        async with aclosing(_file_data(events)) as data:
-            info = await _save_streaming(
-                files, name, data, max_bytes=settings.upload_max_bytes, on_conflict=on_conflict
-            )
     location = f"{FILES_PATH}/{quote(info.name, safe='')}"
     return json_response(info.as_json(), 201, {"Location": location})
 
@@ -376,7 +208,7 @@ async def upload_file() -> Response:
 @blueprint.get(FILES_PATH)
 @require_user
 async def list_files() -> Response:
-    listed = await asyncio.to_thread(_user_files().list)
+    listed = await _in_file_thread(_user_files().list)
     return json_response([info.as_json() for info in listed])
 
 
@@ -385,9 +217,10 @@ def _open_with_size(files: UserFiles, name: str) -> tuple[IO[bytes], int]:
     return handle, os.fstat(handle.fileno()).st_size
 
 
-async def _stream(handle: IO[bytes]) -> AsyncIterator[bytes]:
+async def _stream(handle: IO[bytes], file_io: Executor) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
     try:
-        while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
+        while chunk := await loop.run_in_executor(file_io, handle.read, CHUNK_BYTES):
             yield chunk
     finally:
         handle.close()
@@ -396,9 +229,9 @@ async def _stream(handle: IO[bytes]) -> AsyncIterator[bytes]:
 @blueprint.get(f"{FILES_PATH}/<filename:name>")
 @require_user
 async def download_file(name: str) -> Response:
-    handle, size = await asyncio.to_thread(_open_with_size, _user_files(), name)
+    handle, size = await _in_file_thread(_open_with_size, _user_files(), name)
     response = Response(
-        _stream(handle),
+        _stream(handle, _file_io()),
         status=200,
         headers={
             "Content-Length": str(size),
@@ -417,5 +250,5 @@ async def download_file(name: str) -> Response:
 @blueprint.delete(f"{FILES_PATH}/<filename:name>")
 @require_user
 async def delete_file(name: str) -> Response:
-    await asyncio.to_thread(_user_files().delete, name)
+    await _in_file_thread(_user_files().delete, name)
     return Response(status=204)

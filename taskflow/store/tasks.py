@@ -57,16 +57,54 @@ FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::smallint[], $
      AS t(id, user_id, type, payload, priority, max_retries, run_at)
 RETURNING {TASK_COLUMNS}
 """
+_TASK_COLUMN_NAMES = [name.strip() for name in TASK_COLUMNS.split(",")]
+_TASK_COLUMNS_OF_T = ", ".join(f"t.{name}" for name in _TASK_COLUMN_NAMES)
+_TASK_COLUMNS_OF_NEXT = ", ".join(f"next.{name}" for name in _TASK_COLUMN_NAMES)
+
 SELECT_OWN_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 AND user_id = $2"
-# Newest first, keyset-paged on (created_at, id) so a page is one index range.
+# An upper bound on a task's bytes in the API's JSON: Postgres writes JSON with
+# spaces after ":" and "," and escapes strings as orjson does, so its text is
+# never shorter; 600 covers the other fields and their names.
+_TASK_JSON_BYTES = """
+    octet_length(t.payload::text) + coalesce(octet_length(t.result::text), 0)
+    + coalesce(octet_length(to_json(t.last_error)::text), 0) + 600
+"""
+_OWN_TASKS_FILTER = """
+    t.user_id = $1
+    AND ($2::task_status IS NULL OR t.status = $2)
+    AND ($3::text IS NULL OR t.type = $3)
+"""
+# Newest first, keyset-paged on (created_at, id), at most $6 rows and $7 bytes
+# of JSON (a first row over that comes alone). Tasks carry payloads of up to a few
+# MiB, so the page is cut by size here, a row at a time: each step is one
+# probe of tasks_user_created_idx after the previous row, and sizes are
+# computed (payloads detoasted) only for the rows walked. One row past the cut
+# is walked but not returned: ``cut`` says the page stopped for its size.
 SELECT_OWN_TASKS = f"""
-SELECT {TASK_COLUMNS} FROM tasks
-WHERE user_id = $1
-  AND ($2::task_status IS NULL OR status = $2)
-  AND ($3::text IS NULL OR type = $3)
-  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
-ORDER BY created_at DESC, id DESC
-LIMIT $6
+WITH RECURSIVE page AS (
+    (SELECT {_TASK_COLUMNS_OF_T}, 1 AS n, {_TASK_JSON_BYTES} AS bytes, true AS fits
+     FROM tasks t
+     WHERE {_OWN_TASKS_FILTER}
+       AND ($4::timestamptz IS NULL OR (t.created_at, t.id) < ($4, $5::uuid))
+     ORDER BY t.created_at DESC, t.id DESC
+     LIMIT 1)
+  UNION ALL
+    SELECT {_TASK_COLUMNS_OF_NEXT}, page.n + 1, page.bytes + next.bytes,
+           page.bytes + next.bytes <= $7
+    FROM page CROSS JOIN LATERAL (
+        SELECT {_TASK_COLUMNS_OF_T}, {_TASK_JSON_BYTES} AS bytes
+        FROM tasks t
+        WHERE {_OWN_TASKS_FILTER}
+          AND (t.created_at, t.id) < (page.created_at, page.id)
+        ORDER BY t.created_at DESC, t.id DESC
+        LIMIT 1
+    ) next
+    WHERE page.fits AND page.n < $6
+)
+SELECT {TASK_COLUMNS}, EXISTS (SELECT FROM page WHERE NOT fits) AS cut
+FROM page
+WHERE fits
+ORDER BY n
 """
 SELECT_OWN_TASK_HISTORY = """
 SELECT h.id, h.at, h.event, h.from_status, h.to_status, h.attempt, h.worker_id, h.error,
@@ -119,6 +157,13 @@ class NewTask:
     priority: int
     max_retries: int
     run_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    rows: list[Record]
+    # Stopped short of the limit for its size: more rows may follow.
+    cut: bool
 
 
 class TaskStore(Queries):
@@ -203,11 +248,14 @@ class TaskStore(Queries):
         task_type: str | None,
         before: tuple[datetime, UUID] | None,
         limit: int,
-    ) -> list[Record]:
+        max_bytes: int,
+    ) -> TaskPage:
+        """A page of at most ``limit`` tasks and about ``max_bytes`` of JSON."""
         before_at, before_id = before if before else (None, None)
-        return await self.pool.fetch(
-            SELECT_OWN_TASKS, user_id, status, task_type, before_at, before_id, limit
+        rows = await self.pool.fetch(
+            SELECT_OWN_TASKS, user_id, status, task_type, before_at, before_id, limit, max_bytes
         )
+        return TaskPage(rows, cut=bool(rows) and rows[0]["cut"])
 
     async def select_own_task_history(self, task_id: UUID, user_id: int) -> list[Record]:
         return await self.pool.fetch(SELECT_OWN_TASK_HISTORY, task_id, user_id)

@@ -603,3 +603,33 @@ async def test_a_client_that_stalls_gets_408_and_leaves_nothing(
     assert sent[0]["status"] == 408
     assert b'"error"' in b"".join(message.get("body", b"") for message in sent[1:])
     assert not area.exists() or not any(area.iterdir())
+
+
+async def test_an_upload_that_never_finishes_gets_408_and_leaves_nothing(
+    database: str, queue_name: str, tmp_path: Path, store: Store
+) -> None:
+    """Never idle for long, so the per-chunk timeout never fires; but the
+    whole upload takes longer than upload_timeout_seconds."""
+    settings = make_settings(
+        database, queue=queue_name, files=tmp_path / "files", upload_timeout_seconds=1
+    )
+    app = create_app(settings, build_registry(settings), api_services)
+    async with app.test_app() as test_app:
+        headers = await token_for(store, "late@example.com")
+        body, _ = multipart([("file", "late.bin", pattern(4 * MIB))])
+        area = settings.base_file_path / str(await user_id_of(store, "late@example.com"))
+        offset = 64 * 1024
+
+        async def trickle() -> dict[str, Any]:
+            nonlocal offset
+            await asyncio.sleep(0.05)
+            chunk = body[offset : offset + 1024]
+            offset += len(chunk)
+            return {"type": "http.request", "body": chunk, "more_body": True}
+
+        sent = await call_upload_asgi(test_app.app, headers, body[:offset], len(body), trickle)
+    assert sent[0]["status"] == 408
+    answer = b"".join(message.get("body", b"") for message in sent[1:])
+    assert b"within 1 s" in answer
+    assert offset < len(body) / 2  # refused long before the end
+    assert not area.exists() or not any(area.iterdir())

@@ -11,13 +11,8 @@ from pathlib import Path
 import pytest
 
 from taskflow.errors import Conflict, FileNotFound, PayloadTooLarge, ValidationFailed
-from taskflow.files import (
-    TEMPORARY_PREFIX,
-    UserFiles,
-    remove_stale_temporary_files,
-    safe_stem,
-    split_name,
-)
+from taskflow.files import TEMPORARY_PREFIX, ConflictPolicy, UserFiles, safe_stem, split_name
+from taskflow.files.sweep import TemporaryFileSweep
 
 HOSTILE_NAMES = [
     "../x",
@@ -104,7 +99,7 @@ def test_hostile_names_are_refused_everywhere(files: UserFiles, base: Path, name
         lambda: files.delete(name),
         lambda: files.write_atomic(name, b"x"),
         lambda: files.atomic_writer(name),
-        lambda: files.save_upload(name, [b"x"], max_bytes=10),
+        lambda: files.begin_upload(name, max_bytes=10),
     ]
     if len(name.encode("utf-8", "surrogatepass")) <= 255:  # longer stems are shortened
         operations.append(lambda: files.unique_name(name, ".png"))
@@ -243,29 +238,37 @@ def test_racing_writers_never_overwrite_each_other(files: UserFiles) -> None:
     assert contents == {str(n).encode() for n in range(8)}
 
 
-def test_save_upload(files: UserFiles) -> None:
-    info = files.save_upload("up.bin", [b"a" * 10, b"b" * 10], max_bytes=20)
-    assert (info.name, info.size) == ("up.bin", 20)
+def save(
+    files: UserFiles,
+    name: str,
+    chunks: list[bytes],
+    *,
+    max_bytes: int,
+    on_conflict: ConflictPolicy = "error",
+) -> str:
+    """An upload as the API stores it, a chunk at a time."""
+    with files.begin_upload(name, max_bytes=max_bytes, on_conflict=on_conflict) as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+    return writer.name
+
+
+def test_begin_upload(files: UserFiles) -> None:
+    assert save(files, "up.bin", [b"a" * 10, b"b" * 10], max_bytes=20) == "up.bin"
     assert files.read_bytes("up.bin") == b"a" * 10 + b"b" * 10
 
-    consumed: list[bytes] = []
-
-    def body() -> list[bytes]:
-        consumed.append(b"read")
-        return [b"new"]
-
+    # A taken name is refused before a byte of the body is needed.
     with pytest.raises(Conflict):
-        files.save_upload("up.bin", iter(body()), max_bytes=20)
+        files.begin_upload("up.bin", max_bytes=20)
     assert files.read_bytes("up.bin") == b"a" * 10 + b"b" * 10
 
-    renamed = files.save_upload("up.bin", [b"new"], max_bytes=20, on_conflict="rename")
-    assert renamed.name == "up-2.bin"
+    assert save(files, "up.bin", [b"new"], max_bytes=20, on_conflict="rename") == "up-2.bin"
 
     with pytest.raises(PayloadTooLarge):
-        files.save_upload("big.bin", [b"x" * 15, b"x" * 15], max_bytes=20)
+        save(files, "big.bin", [b"x" * 15, b"x" * 15], max_bytes=20)
     assert not files.exists("big.bin")
     with pytest.raises(PayloadTooLarge):
-        files.save_upload("up.bin", [b"x" * 30], max_bytes=20, on_conflict="replace")
+        save(files, "up.bin", [b"x" * 30], max_bytes=20, on_conflict="replace")
     assert files.read_bytes("up.bin") == b"a" * 10 + b"b" * 10
     assert temporaries(files.root) == []
     assert [info.name for info in files.list()] == ["up-2.bin", "up.bin"]
@@ -279,10 +282,59 @@ def test_stale_temporaries_are_cleaned(files: UserFiles, base: Path) -> None:
     old = time.time() - 7200
     os.utime(leftover, (old, old))
     fresh = files.atomic_writer("in-progress.bin")
-    assert remove_stale_temporary_files(base, older_than_seconds=3600) == 1
+    assert TemporaryFileSweep(base, older_than_seconds=3600).run().removed == 1
     assert not leftover.exists()
     assert len(temporaries(files.root)) == 1
     fresh.discard()
+
+
+def plant_stale_temporaries(base: Path, areas: int) -> list[Path]:
+    old = time.time() - 7200
+    planted = []
+    for user_id in range(areas):
+        area = base / str(user_id)
+        area.mkdir(parents=True)
+        (area / "kept.bin").write_bytes(b"a user's file")
+        leftover = area / f"{TEMPORARY_PREFIX}crashed"
+        leftover.write_bytes(b"partial")
+        os.utime(leftover, (old, old))
+        planted.append(leftover)
+    return planted
+
+
+def test_a_sweep_works_in_bounded_slices_and_resumes(base: Path) -> None:
+    planted = plant_stale_temporaries(base, 30)
+    sweep = TemporaryFileSweep(base, older_than_seconds=3600)
+    slices = []
+    while not (result := sweep.run(max_entries=10)).finished:
+        assert result.examined == 10
+        slices.append(result)
+    slices.append(result)
+    # 30 areas of two entries each, plus the 30 areas themselves.
+    assert sum(item.examined for item in slices) == 90
+    assert sum(item.removed for item in slices) == 30
+    assert not any(path.exists() for path in planted)
+    assert all((path.parent / "kept.bin").exists() for path in planted)
+    # The next run starts a new pass and finds what was left since.
+    planted[0].write_bytes(b"partial")
+    os.utime(planted[0], (0, 0))
+    assert sweep.run().removed == 1
+
+
+def test_a_sweep_with_no_time_left_still_makes_progress(base: Path) -> None:
+    planted = plant_stale_temporaries(base, 5)
+    sweep = TemporaryFileSweep(base, older_than_seconds=3600)
+    runs = 0
+    while not sweep.run(budget_seconds=0).finished:
+        runs += 1
+        assert runs < 100
+    assert runs >= 5
+    assert not any(path.exists() for path in planted)
+
+
+def test_a_sweep_of_a_missing_base_is_finished_at_once(tmp_path: Path) -> None:
+    result = TemporaryFileSweep(tmp_path / "nowhere", older_than_seconds=60).run()
+    assert (result.removed, result.finished) == (0, True)
 
 
 def test_name_helpers() -> None:

@@ -11,9 +11,10 @@ and is moved under its real name only once complete and flushed to disk, so a
 crash never leaves a half-written file under a real name. Hidden names never
 show in :meth:`UserFiles.list` and cannot be asked for by name.
 
-All methods are synchronous and do blocking disk I/O. Async callers run the
-heavy ones (whole-file reads, :meth:`UserFiles.save_upload`,
-:meth:`AtomicWriter.commit`, which fsyncs) in ``asyncio.to_thread``.
+All methods are synchronous and do blocking disk I/O, each call short (one
+chunk, one directory, one fsync), so async callers run them in a thread a
+call at a time. Writers that crashed leave ``.tmp-*`` files behind;
+:mod:`taskflow.files.sweep` removes them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import os
 import re
 import stat
 import tempfile
-import time
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -128,13 +128,21 @@ class AtomicWriter:
 
     ``commit()`` moves it under its real name (applying the conflict policy)
     and returns that name; ``discard()`` removes it. Used as a context manager
-    it commits on a clean exit and discards on an exception.
+    it commits on a clean exit and discards on an exception. A write that
+    would take it past ``max_bytes`` raises ``PayloadTooLarge``.
     """
 
-    def __init__(self, files: UserFiles, name: str, on_conflict: ConflictPolicy) -> None:
+    def __init__(
+        self,
+        files: UserFiles,
+        name: str,
+        on_conflict: ConflictPolicy,
+        max_bytes: int | None = None,
+    ) -> None:
         self._files = files
         self.name = _validate_name(name)
         self._on_conflict = on_conflict
+        self.max_bytes = max_bytes
         self.size = 0
         directory = files.ensure_root()
         fd, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
@@ -143,6 +151,8 @@ class AtomicWriter:
         self._done = False
 
     def write(self, data: bytes) -> int:
+        if self.max_bytes is not None and self.size + len(data) > self.max_bytes:
+            raise PayloadTooLarge(f"the file is larger than {self.max_bytes} bytes")
         written = self.file.write(data)
         self.size += written
         return written
@@ -326,11 +336,6 @@ class UserFiles:
                 raise PayloadTooLarge(f"{name!r} is larger than {max_bytes} bytes")
             return handle.read()
 
-    def iter_chunks(self, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-        with self.open_read(name) as handle:
-            while chunk := handle.read(chunk_bytes):
-                yield chunk
-
     def delete(self, name: str) -> None:
         """Remove a regular file; anything else there is not the user's file."""
         path = self.path_for(name)
@@ -381,45 +386,13 @@ class UserFiles:
                     writer.write(chunk)
         return writer.name
 
-    def save_upload(
-        self,
-        name: str,
-        chunks: Iterable[bytes],
-        *,
-        max_bytes: int,
-        on_conflict: ConflictPolicy = "error",
-    ) -> FileInfo:
-        """Store an upload of at most ``max_bytes``; nothing is left behind on
-        failure. ``Conflict`` when the name exists and ``on_conflict="error"``
-        (checked before reading the body, and again atomically at the end)."""
+    def begin_upload(
+        self, name: str, *, max_bytes: int, on_conflict: ConflictPolicy = "error"
+    ) -> AtomicWriter:
+        """Start writing an upload of at most ``max_bytes``. ``Conflict`` at
+        once when the name exists and ``on_conflict="error"``, before any of
+        the body is read (and again, atomically, at commit)."""
         self.path_for(name)
         if on_conflict == "error" and os.path.lexists(self.root / name):
             raise Conflict(f"a file named {name!r} already exists")
-        with self.atomic_writer(name, on_conflict=on_conflict) as writer:
-            for chunk in chunks:
-                if writer.size + len(chunk) > max_bytes:
-                    raise PayloadTooLarge(f"the file is larger than {max_bytes} bytes")
-                writer.write(chunk)
-        return self.stat(writer.name)
-
-
-def remove_stale_temporary_files(base: Path, *, older_than_seconds: float = 3600) -> int:
-    """Delete ``.tmp-*`` files a crashed writer left in any user's area.
-
-    Returns how many went. Safe on a live system as long as no write takes
-    longer than ``older_than_seconds``.
-    """
-    base = Path(base)
-    if not base.is_dir():
-        return 0
-    cutoff = time.time() - older_than_seconds
-    removed = 0
-    for area in base.iterdir():
-        if area.is_symlink() or not area.is_dir():
-            continue
-        for leftover in area.glob(TEMPORARY_PREFIX + "*"):
-            with contextlib.suppress(FileNotFoundError):  # another cleaner won
-                if leftover.lstat().st_mtime < cutoff:
-                    leftover.unlink()
-                    removed += 1
-    return removed
+        return AtomicWriter(self, name, on_conflict, max_bytes)
