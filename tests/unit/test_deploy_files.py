@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 OPS = REPO_ROOT / "ops"
 COMPOSE = OPS / "docker-compose.yml"
 DOCKERFILE = OPS / "Dockerfile"
+CONSTRAINTS = "requirements/constraints.txt"
 TASKFLOW_SERVICES = ("migrate", "api", "scheduler", "worker")
 SEED_VARIABLES = {
     "POSTGRES_USER",
@@ -187,10 +188,18 @@ def test_the_dockerfile_builds_a_slim_non_root_taskflow_image() -> None:
     assert entrypoint == '["taskflow"]'
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert "taskflow" in scripts
-    assert any(
-        keyword == "RUN" and re.search(r"pip install \.(\s|$)", rest)
-        for keyword, rest in instructions
-    )
+    # TaskFlow is installed at the versions the tests ran with: the same
+    # constraints file as ops/lib.sh, for the dependencies and the build backend.
+    [install] = [
+        rest for keyword, rest in instructions if keyword == "RUN" and "--build-constraint" in rest
+    ]
+    pip_install = install.split("&&")[-1].split()
+    assert pip_install[:2] == ["/opt/taskflow/bin/pip", "install"]
+    assert pip_install[-1] == "."
+    options = pip_install[2:-1]
+    assert options[options.index("-c") + 1] == CONSTRAINTS
+    assert options[options.index("--build-constraint") + 1] == CONSTRAINTS
+    assert f'CONSTRAINTS="$ROOT/{CONSTRAINTS}"' in (OPS / "lib.sh").read_text()
 
 
 def test_everything_the_dockerfile_copies_exists_in_the_context() -> None:
@@ -200,9 +209,15 @@ def test_everything_the_dockerfile_copies_exists_in_the_context() -> None:
             continue
         *sources, _destination = shlex.split(rest)
         copied += sources
-    assert {"pyproject.toml", "README.md", "taskflow", "db", "ops/sql", "config.json"} <= set(
-        copied
-    )
+    assert {
+        "pyproject.toml",
+        "README.md",
+        CONSTRAINTS,
+        "taskflow",
+        "db",
+        "ops/sql",
+        "config.json",
+    } <= set(copied)
     for source in copied:
         assert (REPO_ROOT / source).exists(), f"COPY {source}: not in the repository"
         assert not _ignored(source), f"COPY {source}: excluded by ops/Dockerfile.dockerignore"
