@@ -79,7 +79,8 @@ class Broker:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         # Concurrent publishers share messages and confirms (group commit).
-        self._publisher: Batcher[list[UUID], None] = Batcher(self._publish_now)
+        # Each submission: its ids, and how many share a message.
+        self._publisher: Batcher[tuple[list[UUID], int], None] = Batcher(self._publish_now)
         self._publisher_task: asyncio.Task[None] | None = None
 
     # ----- lifecycle
@@ -191,11 +192,15 @@ class Broker:
 
     # ----- publishing
 
-    async def publish_ids(self, task_ids: Iterable[UUID]) -> bool:
-        """Publish persistent messages, ``ids_per_message`` ids each, and wait
-        for the broker's confirms. Returns False (and logs) when they are not
-        all confirmed. Ids of concurrent calls may share messages."""
+    async def publish_ids(
+        self, task_ids: Iterable[UUID], *, per_message: int | None = None
+    ) -> bool:
+        """Publish persistent messages of ``per_message`` ids each (default
+        ``ids_per_message``; fewer spread a small batch over more consumers),
+        and wait for the broker's confirms. Returns False (and logs) when they
+        are not all confirmed. Concurrent calls share one round of confirms."""
         ids = list(task_ids)
+        size = max(1, min(per_message or self.ids_per_message, self.ids_per_message))
         if not ids:
             return True
         if self._channel is None or not self.connected.is_set():
@@ -203,9 +208,9 @@ class Broker:
             return False
         try:
             if self._publisher_task is None:  # not started: nobody to share with
-                await self._publish_now([ids])
+                await self._publish_now([(ids, size)])
             else:
-                await self._publisher.submit(ids)
+                await self._publisher.submit((ids, size))
         except BROKER_ERRORS as exc:
             log.warning(
                 "publish failed",
@@ -215,8 +220,17 @@ class Broker:
             return False
         return True
 
-    async def _publish_now(self, batches: list[list[UUID]]) -> None:
-        ids = [task_id for batch in batches for task_id in batch]
+    async def _publish_now(self, batches: list[tuple[list[UUID], int]]) -> None:
+        # Submissions of one size share messages (many single ids make full
+        # messages); each size is cut into its own.
+        by_size: dict[int, list[UUID]] = {}
+        for ids, size in batches:
+            by_size.setdefault(size, []).extend(ids)
+        bodies = [
+            encode_ids(ids[lo : lo + size])
+            for size, ids in by_size.items()
+            for lo in range(0, len(ids), size)
+        ]
         channel = self._channel
         if channel is None or not self.connected.is_set():
             raise ConnectionError("not connected to RabbitMQ")
@@ -225,13 +239,10 @@ class Broker:
             asyncio.gather(
                 *(
                     exchange.publish(
-                        aio_pika.Message(
-                            encode_ids(ids[lo : lo + self.ids_per_message]),
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
+                        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                         routing_key=self.queue_name,
                     )
-                    for lo in range(0, len(ids), self.ids_per_message)
+                    for body in bodies
                 )
             ),
             self.publish_timeout,

@@ -62,7 +62,24 @@ class Tunables(BaseModel):
     # Claim ahead of free slots what they would start within this time; 0: never.
     worker_claim_ahead_ms: Annotated[int, Field(ge=0, le=60_000)] = 10
     max_lease_crashes: Annotated[int, Field(ge=1, le=100)] = 3
+    # How often the scheduler looks for workers whose Postgres session ended
+    # (they died) to rescue their tasks: one cheap query on pg_locks.
+    worker_liveness_check_ms: Annotated[int, Field(ge=10, le=60_000)] = 250
     reject_past_run_at: bool = False
+    # ----- fair share and limits (SPEC §8); user_limits overrides them per
+    # user. 0 means no limit.
+    user_max_running: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    type_max_running: dict[str, Annotated[int, Field(ge=0, le=1_000_000)]] = Field(
+        default_factory=dict
+    )
+    user_max_active_tasks: Annotated[int, Field(ge=0)] = 10_000
+    email_per_user_per_minute: Annotated[int, Field(ge=0)] = 30
+    email_per_user_per_day: Annotated[int, Field(ge=0)] = 500
+    user_files_max_bytes: Annotated[int, Field(ge=0)] = 1024 * MIB
+    # The dispatch window holds the ids workers are expected to start within
+    # this time at the recent claim rate (never fewer than their free slots):
+    # short enough that a new user's task is not queued behind a long window.
+    dispatch_window_ms: Annotated[int, Field(ge=10, le=60_000)] = 200
     # ----- accounts (SPEC §8): failed logins per email, and per client
     # address, within the window; then 429 until it ends, even with the right
     # password. Registrations per client address per hour.

@@ -1,13 +1,15 @@
-"""Creating tasks: validate against the registry, insert, then ring the broker.
+"""Creating tasks: validate against the registry and the creation limits,
+then insert.
 
 Shared by the REST API, the batch endpoint and the Python API (``Enqueuer``),
-so every way in applies the same rules. The row is committed (with its history
-row and a NOTIFY, by trigger) before any message is published: a crash between
-the two leaves a queued row that the scheduler republishes.
+so every way in applies the same rules. Nothing is published here: the row is
+committed with its history row and a NOTIFY (by trigger), and who runs next
+is decided in Postgres (taskflow/dispatcher.py). A task that got its answer is
+durable, whatever happens next.
 
 With ``group_inserts`` (the API), single creates that arrive in the same
-moment share one INSERT and one commit, as their ids share one message: each
-caller still returns only after its row is committed.
+moment share one INSERT, one commit and one NOTIFY: each caller still returns
+only after its row is committed.
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ import orjson
 from pydantic import ValidationError
 
 from taskflow.batching import Batcher
-from taskflow.broker import Broker
 from taskflow.errors import ValidationFailed
 from taskflow.handlers import Registry
 from taskflow.metrics import TASKS_CREATED
-from taskflow.models import TaskCreate, TaskStatus, describe_validation_error
+from taskflow.models import TaskCreate, describe_validation_error
 from taskflow.store.pool import DATABASE_ERRORS, Record
 from taskflow.store.tasks import NewTask, TaskStore
 
@@ -90,14 +91,12 @@ class Enqueuer:
         self,
         store: TaskStore,
         registry: Registry,
-        broker: Broker | None,
         *,
         reject_past_run_at: bool = False,
         group_inserts: bool = False,
     ) -> None:
         self.store = store
         self.registry = registry
-        self.broker = broker
         self.reject_past_run_at = reject_past_run_at
         self._inserter: Batcher[tuple[int, NewTask], Record] | None = None
         self._inserter_task: asyncio.Task[None] | None = None
@@ -197,8 +196,6 @@ class Enqueuer:
             )
         if created:
             TASKS_CREATED.labels(task.type).inc()
-        if created and row["status"] == TaskStatus.QUEUED:
-            await self.publish([row["id"]])
         return row, created
 
     async def _insert_grouped(self, user_id: int, task: NewTask) -> Record:
@@ -219,15 +216,4 @@ class Enqueuer:
         rows = await self.store.insert_tasks(user_id, tasks)
         for task in tasks:
             TASKS_CREATED.labels(task.type).inc()
-        await self.publish([row["id"] for row in rows if row["status"] == TaskStatus.QUEUED])
         return rows
-
-    async def publish(self, task_ids: Sequence[UUID]) -> bool:
-        """Ring the broker after commit; if it does not answer, ring Postgres
-        so workers claiming from it wake up (the rows are safe either way)."""
-        if self.broker is None or not task_ids:
-            return True
-        if await self.broker.publish_ids(task_ids):
-            return True
-        await self.store.notify_queued()
-        return False

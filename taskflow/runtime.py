@@ -20,10 +20,12 @@ from taskflow.api.revocations import Revocations
 from taskflow.auth import PasswordHashing
 from taskflow.broker import Broker
 from taskflow.config import Settings
+from taskflow.dispatcher import QUEUED_CHANNEL, Dispatcher
 from taskflow.enqueue import Enqueuer
 from taskflow.handlers import Registry
 from taskflow.scheduler import Scheduler
 from taskflow.store.accounts import AccountStore
+from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore
 from taskflow.store.events import LiveEventsStore
 from taskflow.store.operators import OperatorStore
@@ -82,6 +84,7 @@ async def worker_runtime(
             settings,
             registry,
             EngineStore(database.pool),
+            DispatchStore(database.pool),
             broker=broker,
             listener=Listener(
                 _dsn(settings), LISTEN_CHANNELS, name=f"taskflow-worker-listen {worker_id}"
@@ -100,19 +103,27 @@ async def worker_runtime(
 async def scheduler_runtime(settings: Settings) -> AsyncIterator[Scheduler]:
     database = await Database.open(
         _dsn(settings),
-        min_size=1,
-        max_size=3,
+        min_size=2,
+        max_size=4,
         application_name="taskflow-scheduler",
         actor="scheduler",
-        # With a broker the scheduler publishes what it promotes, and
-        # notifies by itself only when a publish fails.
-        notify_queued=not settings.broker_enabled,
     )
     broker = None
     try:
         broker = await _started_broker(settings, "taskflow-scheduler")
+        dispatcher = None
+        if broker is not None:
+            dispatcher = Dispatcher(
+                settings,
+                DispatchStore(database.pool),
+                broker,
+                Listener(_dsn(settings), [QUEUED_CHANNEL], name="taskflow-dispatcher"),
+            )
         yield Scheduler(
-            settings, EngineStore(database.pool), OperatorStore(database.pool), broker=broker
+            settings,
+            EngineStore(database.pool),
+            OperatorStore(database.pool),
+            dispatcher=dispatcher,
         )
     finally:
         if broker is not None:
@@ -129,7 +140,6 @@ async def api_services(settings: Settings, registry: Registry) -> AsyncIterator[
         max_size=20,
         application_name="taskflow-api",
         actor="api",
-        notify_queued=not settings.broker_enabled,
     )
     broker = None
     enqueuer = None
@@ -150,7 +160,6 @@ async def api_services(settings: Settings, registry: Registry) -> AsyncIterator[
         enqueuer = Enqueuer(
             tasks,
             registry,
-            broker,
             reject_past_run_at=settings.reject_past_run_at,
             group_inserts=True,
         )

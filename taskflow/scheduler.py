@@ -1,56 +1,70 @@
-"""Task-Scheduler: one tick every ``scheduler_interval_ms``.
+"""Task-Scheduler: three duties on their own clocks.
 
-Each tick, in bounded batches:
+- The dispatcher (with a broker): publishes a fair, bounded window of queued
+  task ids to RabbitMQ as workers take them (taskflow/dispatcher.py).
+- Every ``worker_liveness_check_ms``: the tasks of workers whose Postgres
+  session ended (they died) are rescued as soon as that is seen, by the same
+  rule as a lapsed lease, and queued again at once
+  (db/migrations/0008_worker_sessions.sql).
+- Every ``scheduler_interval_ms``, a tick, in bounded batches:
 
-1. rescue ``processing`` rows whose lease expired (the worker died or hung):
-   to ``retrying`` (run again now) or ``failed`` (out of retries, or quarantined
-   after ``max_lease_crashes`` lost workers);
-2. promote due ``postponed``/``retrying`` rows to ``queued`` and publish their ids;
-3. republish ``queued`` rows nobody claimed for ``republish_after_seconds``
-   (a publish that failed, an API that died between commit and publish) —
-   only while the broker's queue is empty, since otherwise the ids are there;
-4. prune history of finished tasks past ``history_retention_days``, and
-   finished tasks themselves (with the rest of their history) past
-   ``task_retention_days``.
+  1. rescue ``processing`` rows whose lease expired (the worker died, hung or
+     was cut off): ``retrying`` and due now, or ``failed`` (out of retries,
+     or quarantined after ``max_lease_crashes`` lost workers);
+  2. promote due ``postponed``/``retrying`` rows to ``queued``, where the
+     dispatcher (woken by the promotion's NOTIFY) picks them up;
+  3. prune history of finished tasks past ``history_retention_days``, and
+     finished tasks themselves (with the rest of their history) past
+     ``task_retention_days``;
+  4. every few minutes, remove the temporary files crashed writers left in
+     the file areas, once older than ``temporary_file_max_age_seconds``.
 
-Steps 1 and 2 use SKIP LOCKED, so several schedulers share the work; steps 3 and
-4 run under a try-advisory-lock, so only one scheduler does them per tick.
+Steps 1 and 2 use SKIP LOCKED, so several schedulers share the work; steps 3
+and 4 run under a try-advisory-lock, so only one scheduler does them per tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from uuid import UUID
 
-from taskflow.broker import Broker
 from taskflow.config import Settings
+from taskflow.dispatcher import Dispatcher
+from taskflow.files.sweep import TemporaryFileSweep
 from taskflow.metrics import LEASES_RESCUED, TASKS_PROMOTED
 from taskflow.retention import prune_expired
 from taskflow.store.engine import EngineStore
 from taskflow.store.operators import OperatorStore
-from taskflow.store.pool import DATABASE_ERRORS
+from taskflow.store.pool import DATABASE_ERRORS, Record
 from taskflow.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
-REPUBLISH_LOCK_ID = 0x74660001
 PRUNE_LOCK_ID = 0x74660002
+TEMPORARY_FILES_LOCK_ID = 0x74660003
 MAX_BATCHES_PER_TICK = 50
+# Leftovers of crashed writers are rare and harmless for a while: a pass over
+# the file areas every few minutes, in slices short enough that a tick which
+# carries one still rescues and promotes on time.
+TEMPORARY_FILES_PASS_SECONDS = 300
+TEMPORARY_FILES_SLICE_SECONDS = 0.2
+TEMPORARY_FILES_SLICE_ENTRIES = 50_000
 
 
 @dataclass
 class TickReport:
     rescued: int = 0
     promoted: int = 0
-    republished: int = 0
     pruned: int = 0
-    publish_failed: int = 0
+    temporary_files_removed: int = 0
 
 
 class Scheduler:
-    """Given its stores and broker (``taskflow.runtime`` builds them)."""
+    """Given its stores and, with a broker, its dispatcher (``taskflow.runtime``
+    builds them)."""
 
     def __init__(
         self,
@@ -58,17 +72,20 @@ class Scheduler:
         store: EngineStore,
         operators: OperatorStore,
         *,
-        broker: Broker | None,
+        dispatcher: Dispatcher | None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.operators = operators
-        self.broker = broker
+        self.dispatcher = dispatcher
         self.batch = settings.scheduler_batch_size
         self.ticks = 0
+        self.temporary_files = TemporaryFileSweep(
+            settings.base_file_path, older_than_seconds=settings.temporary_file_max_age_seconds
+        )
+        self._temporary_files_due_at = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
-        interval = self.settings.scheduler_interval_ms / 1000
         log.info(
             "scheduler started",
             extra={
@@ -76,73 +93,95 @@ class Scheduler:
                 "interval_ms": self.settings.scheduler_interval_ms,
             },
         )
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except DATABASE_ERRORS as exc:
-                log.warning("tick failed", extra={"event": "tick_failed", "error": str(exc)})
-            except Exception as exc:  # a scheduler that stops ticking strands every lease
-                log.error("tick crashed", exc_info=exc, extra={"event": "tick_crashed"})
-            await wait_event(stop, interval)
+        duties = [
+            self._every(self.settings.scheduler_interval_ms, self.tick, stop, "tick"),
+            # Dead workers are looked for more often than the tick: the look is
+            # one cheap query, and their tasks wait for nothing else.
+            self._every(self.settings.worker_liveness_check_ms, self.rescue_dead, stop, "liveness"),
+        ]
+        if self.dispatcher is not None:
+            duties.append(self.dispatcher.run(stop))
+        await asyncio.gather(*duties)
         log.info("scheduler stopped", extra={"event": "scheduler_stopped"})
 
-    async def _publish(self, task_ids: list[UUID], report: TickReport) -> None:
-        # Without a broker the promotion itself sent NOTIFY (see the schema).
-        if not task_ids or self.broker is None:
-            return
-        if not await self.broker.publish_ids(task_ids):
-            # The rows are queued in Postgres all the same: wake the workers
-            # that claim from it; the republish pass retries the broker.
-            report.publish_failed += len(task_ids)
-            await self.store.notify_queued()
+    async def _every(
+        self,
+        interval_ms: int,
+        duty: Callable[[], Awaitable[TickReport]],
+        stop: asyncio.Event,
+        name: str,
+    ) -> None:
+        while not stop.is_set():
+            try:
+                await duty()
+            except DATABASE_ERRORS as exc:
+                log.warning(
+                    "tick failed", extra={"event": "tick_failed", "duty": name, "error": str(exc)}
+                )
+            except Exception as exc:  # a scheduler that stops ticking strands every lease
+                log.error(
+                    "tick crashed", exc_info=exc, extra={"event": "tick_crashed", "duty": name}
+                )
+            await wait_event(stop, interval_ms / 1000)
+
+    async def rescue_dead(self) -> TickReport:
+        """Rescue the tasks of workers whose session ended, and queue them at once."""
+        report = TickReport()
+        await self._rescue(report, self.store.rescue_lost_workers, "session_ended")
+        if report.rescued:
+            await self._promote(report)
+        return report
 
     async def tick(self) -> TickReport:
         report = TickReport()
         self.ticks += 1
-        for _ in range(MAX_BATCHES_PER_TICK):
-            rescued = await self.store.rescue_expired_leases(
-                self.batch, self.settings.max_lease_crashes
+        await self._rescue(report, self.store.rescue_expired_leases, "lease_expired")
+        await self._promote(report)
+        if self.ticks % 60 == 1:
+            await self.store.with_duty_lock(PRUNE_LOCK_ID, lambda: self._prune(report))
+        if time.monotonic() >= self._temporary_files_due_at:
+            await self.store.with_duty_lock(
+                TEMPORARY_FILES_LOCK_ID, lambda: self._remove_temporary_files(report)
             )
-            report.rescued += len(rescued)
-            for row in rescued:
-                LEASES_RESCUED.labels(row["status"]).inc()
-                log.warning(
-                    "lease expired; worker lost",
-                    extra={
-                        "event": "lease_rescued",
-                        "task_id": str(row["id"]),
-                        "worker_id": row["worker_id"],
-                        "status": row["status"],
-                    },
-                )
-            if len(rescued) < self.batch:
-                break
+        if report.rescued or report.promoted or report.pruned or report.temporary_files_removed:
+            log.info("tick", extra={"event": "tick", **vars(report)})
+        return report
+
+    async def _promote(self, report: TickReport) -> None:
         for _ in range(MAX_BATCHES_PER_TICK):
             promoted = await self.store.promote_due_tasks(self.batch)
             report.promoted += len(promoted)
             TASKS_PROMOTED.inc(len(promoted))
-            await self._publish(promoted, report)
             if len(promoted) < self.batch:
                 break
-        if self.broker is not None:
-            await self.store.with_duty_lock(REPUBLISH_LOCK_ID, lambda: self._republish(report))
-        if self.ticks % 60 == 1:
-            await self.store.with_duty_lock(PRUNE_LOCK_ID, lambda: self._prune(report))
-        if report.rescued or report.promoted or report.republished or report.pruned:
-            log.info("tick", extra={"event": "tick", **vars(report)})
-        return report
 
-    async def _republish(self, report: TickReport) -> None:
-        if self.broker is None or not self.broker.connected.is_set():
-            return
-        depth = await self.broker.queue_depth()
-        if depth is None or depth > 0:
-            return
-        stale = await self.store.republish_stale_queued(
-            self.settings.republish_after_seconds, self.batch
-        )
-        report.republished += len(stale)
-        await self._publish(stale, report)
+    async def _rescue(
+        self,
+        report: TickReport,
+        rescue: Callable[[int, int], Awaitable[list[Record]]],
+        how: str,
+    ) -> None:
+        """Take a lost worker's tasks, a batch at a time. Counted attempts
+        come back retrying and due now (promoted just after, in this tick);
+        attempts that never started come back queued."""
+        for _ in range(MAX_BATCHES_PER_TICK):
+            rescued = await rescue(self.batch, self.settings.max_lease_crashes)
+            report.rescued += len(rescued)
+            for row in rescued:
+                LEASES_RESCUED.labels(row["status"]).inc()
+                log.warning(
+                    "worker lost; task rescued",
+                    extra={
+                        "event": "task_rescued",
+                        "how": how,
+                        "task_id": str(row["id"]),
+                        "worker_id": row["worker_id"],
+                        "status": row["status"],
+                        "started": row["started"],
+                    },
+                )
+            if len(rescued) < self.batch:
+                break
 
     async def _prune(self, report: TickReport) -> None:
         for _ in range(MAX_BATCHES_PER_TICK):
@@ -156,3 +195,14 @@ class Scheduler:
             self.operators, self.settings.task_retention_days, batch_size=min(self.batch, 500)
         )
         report.pruned += expired.tasks
+
+    async def _remove_temporary_files(self, report: TickReport) -> None:
+        # Directory listings and unlinks block: in a thread, a slice a tick.
+        result = await asyncio.to_thread(
+            self.temporary_files.run,
+            max_entries=TEMPORARY_FILES_SLICE_ENTRIES,
+            budget_seconds=TEMPORARY_FILES_SLICE_SECONDS,
+        )
+        report.temporary_files_removed += result.removed
+        if result.finished:
+            self._temporary_files_due_at = time.monotonic() + TEMPORARY_FILES_PASS_SECONDS

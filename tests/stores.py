@@ -4,19 +4,23 @@ only the families they need (taskflow/runtime.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from taskflow.config import Tunables
 from taskflow.models import TaskStatus
 from taskflow.store.accounts import AccountStore
+from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore, Outcome
 from taskflow.store.events import LiveEventsStore
 from taskflow.store.operators import OperatorStore
-from taskflow.store.pool import Database
+from taskflow.store.pool import Database, Record
 from taskflow.store.tasks import TaskStore
 
 
-class Store(Database, AccountStore, TaskStore, EngineStore, OperatorStore, LiveEventsStore):
+class Store(
+    Database, AccountStore, TaskStore, EngineStore, DispatchStore, OperatorStore, LiveEventsStore
+):
     """Opened with :meth:`Database.open`, closed with :meth:`close`."""
 
 
@@ -28,3 +32,23 @@ async def finish(store: EngineStore, *outcomes: Outcome) -> dict[UUID, TaskStatu
         backoff_base_ms=defaults.retry_backoff_base_ms,
         backoff_max_ms=defaults.retry_backoff_max_ms,
     )
+
+
+async def claim(
+    store: Store,
+    task_ids: Sequence[UUID],
+    worker_id: str,
+    lease_seconds: float,
+    *,
+    start_now: int | None = None,
+) -> list[Record]:
+    """Claim these ids as a worker that received them would: claims by id take
+    only what the fair pick sent, so they are put in the dispatch window first
+    (where they are queued), as the dispatcher would have."""
+    await store.pool.execute(
+        "INSERT INTO dispatched_tasks (task_id, user_id, type) "
+        "SELECT t.id, t.user_id, t.type FROM tasks t "
+        "WHERE t.id = ANY($1) AND t.status = 'queued' ON CONFLICT DO NOTHING",
+        list(task_ids),
+    )
+    return await store.claim_queued_tasks(task_ids, worker_id, lease_seconds, start_now=start_now)

@@ -31,11 +31,12 @@ CREATE OR REPLACE FUNCTION taskflow_actor() RETURNS text LANGUAGE sql STABLE AS 
     SELECT coalesce(nullif(current_setting('taskflow.actor', true), ''), 'sql:' || current_user)
 $$;
 
--- NOTIFY taskflow_queued wakes workers that claim from Postgres. A process
--- that hands ids to RabbitMQ turns it off for its connections
--- (taskflow.notify_queued = off) and notifies by itself only when a publish
--- fails: a NOTIFY makes its transaction take a database-wide lock through
--- commit, which would serialise every enqueue behind one WAL flush at a time.
+-- NOTIFY taskflow_queued rings when tasks become queued: it wakes the
+-- dispatchers (taskflow/dispatcher.py), which pick fairly what goes to the
+-- workers, and workers that claim from Postgres. A transaction that NOTIFYs
+-- takes a database-wide lock through its commit, so it rings once per
+-- statement, not per row; a connection may turn it off
+-- (taskflow.notify_queued = off) when something else wakes the dispatchers.
 CREATE OR REPLACE FUNCTION taskflow_notify_queued_enabled() RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT coalesce(nullif(current_setting('taskflow.notify_queued', true), ''), 'on') <> 'off'
 $$;
@@ -82,6 +83,11 @@ BEGIN
                CASE WHEN c.to_status IN ('retrying', 'failed') THEN c.last_error END,
                actor
         FROM changed c
+    ), undispatched AS (
+        -- A task that leaves queued (claimed, cancelled) leaves the dispatch
+        -- window with it (db/migrations/0009_fair_dispatch.sql).
+        DELETE FROM dispatched_tasks d USING changed c
+        WHERE d.task_id = c.id AND c.from_status = 'queued'
     )
     SELECT count(*) FILTER (WHERE NOT c.allowed),
            coalesce(bool_or(c.to_status = 'queued'), false),
@@ -118,6 +124,7 @@ CREATE OR REPLACE FUNCTION taskflow_tasks_deleted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM task_history h USING old_rows o WHERE h.task_id = o.id;
+    DELETE FROM dispatched_tasks d USING old_rows o WHERE d.task_id = o.id;
     RETURN NULL;
 END
 $$;

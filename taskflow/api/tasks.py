@@ -14,7 +14,7 @@ from uuid import UUID
 
 from quart import Blueprint, Response, request
 
-from taskflow.api import services
+from taskflow.api import config, services
 from taskflow.api.responses import json_response, parse_model, read_json_body, read_model
 from taskflow.api.security import current_user_id, require_user
 from taskflow.enqueue import Enqueuer, check_run_at
@@ -198,11 +198,19 @@ async def list_tasks() -> Response:
     limit = _query_limit()
     cursor = request.args.get("cursor")
     before = _decode_cursor(cursor) if cursor else None
-    rows = await _store().select_own_tasks(
-        current_user_id(), status=status, task_type=task_type, before=before, limit=limit
+    # A page holds at most list_response_max_bytes of JSON, whatever the
+    # limit: fewer rows, and the Link to the rest.
+    page = await _store().select_own_tasks(
+        current_user_id(),
+        status=status,
+        task_type=task_type,
+        before=before,
+        limit=limit,
+        max_bytes=config().settings.list_response_max_bytes,
     )
+    rows = page.rows
     headers = {}
-    if len(rows) == limit:
+    if page.cut or len(rows) == limit:
         query = {k: v for k, v in (("status", status_raw), ("type", task_type)) if v}
         query.update(limit=str(limit), cursor=_encode_cursor(rows[-1]))
         headers["Link"] = f'</api/tasks?{urlencode(query)}>; rel="next"'
@@ -268,8 +276,6 @@ async def patch_task(raw_id: str) -> Response:
                 details={"status": latest["status"]},
             )
         raise _not_in(latest, EDITABLE, "change")
-    if row["status"] == TaskStatus.QUEUED and current["status"] != TaskStatus.QUEUED:
-        await _enqueuer().publish([row["id"]])
     return json_response(task_json(row))
 
 
@@ -294,7 +300,6 @@ async def retry_task(raw_id: str) -> Response:
     if row is None:
         latest = await _own_task(task_id)
         raise _not_in(latest, RETRYABLE, "retry")
-    await _enqueuer().publish([row["id"]])
     return json_response(task_json(row))
 
 

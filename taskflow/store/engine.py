@@ -14,15 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from taskflow.models import TaskStatus
 from taskflow.store.pool import Queries, Record, name_change
 
 # last_attempt: whether a failure of this attempt ends the task, by the one
-# retry rule (taskflow/retries.py), for the handler's context.
+# retry rule (taskflow/retries.py), for the handler's context. started: the
+# claim marked the attempt as started (started_at), see below.
 CLAIMED_COLUMNS = """
     t.id, t.user_id, t.type, t.payload, t.attempts, t.max_retries, t.result,
     t.claim_token, t.run_at,
-    taskflow_attempt_status(t.attempts, t.max_retries, false) = 'failed' AS last_attempt
+    taskflow_attempt_status(t.attempts, t.max_retries, false) = 'failed' AS last_attempt,
+    t.started_at IS NOT NULL AS started
 """
 # The worker's statements by id compare the status as text ("t.status::text =
 # 'processing'"). Compared as an enum, the guard matches the predicate of a
@@ -34,30 +38,27 @@ CLAIMED_COLUMNS = """
 # of CPU that way. As text the guard is only a filter after the primary key.
 #
 # The claim: a guarded UPDATE by id. A duplicate or stale message (the task was
-# already claimed, finished or cancelled) matches nothing and is dropped.
+# already claimed, finished or cancelled) matches nothing and is dropped, and
+# so does an id the fair pick did not send (no dispatched_tasks row: from a
+# message that outlived a crash, or published by hand): every cap is counted
+# over what the pick sent, so nothing else may be claimed by id.
+#
+# Started or claimed ahead: the first $4 ids go to free slots and start at
+# once, so the claim marks them started (started_at). The others wait in the
+# worker for a slot; their start is not written (that would be one more write
+# per task on the hot path) but folded into the finish. If their worker dies,
+# the rescue cannot tell whether they started and puts them back uncounted
+# (db/functions/20_lease_rescue.sql); a task put back that way is never
+# claimed ahead again (unstarted_rescues), so its next crash is counted.
 CLAIM_QUEUED_TASKS = f"""
 UPDATE tasks t SET status = 'processing', attempts = t.attempts + 1, worker_id = $2,
-    lease_expires_at = now() + make_interval(secs => $3), started_at = now(),
+    lease_expires_at = now() + make_interval(secs => $3),
+    started_at = CASE WHEN w.position <= $4 THEN now() END,
     claim_token = nextval('task_claim_token_seq'), updated_at = now()
-WHERE t.id = ANY($1::uuid[]) AND t.status::text = 'queued'
-RETURNING {CLAIMED_COLUMNS}
-"""
-# Without a broker, or to balance load: take the next rows in priority order
-# that have been queued for at least $4 seconds. SKIP LOCKED so many workers
-# never wait on, or take, the same row.
-CLAIM_NEXT_TASKS = f"""
-WITH next AS (
-    SELECT id FROM tasks
-    WHERE status = 'queued'
-      AND ($4::float8 = 0 OR updated_at < now() - make_interval(secs => $4::float8))
-    ORDER BY priority DESC, run_at, id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks t SET status = 'processing', attempts = t.attempts + 1, worker_id = $2,
-    lease_expires_at = now() + make_interval(secs => $3), started_at = now(),
-    claim_token = nextval('task_claim_token_seq'), updated_at = now()
-FROM next WHERE t.id = next.id
+FROM unnest($1::uuid[]) WITH ORDINALITY AS w(id, position)
+WHERE t.id = w.id AND t.status::text = 'queued'
+  AND (w.position <= $4 OR t.unstarted_rescues = 0)
+  AND EXISTS (SELECT 1 FROM dispatched_tasks d WHERE d.task_id = t.id)
 RETURNING {CLAIMED_COLUMNS}
 """
 # Fenced: only the attempt holding claim_token may write its outcome. A worker
@@ -81,11 +82,13 @@ UPDATE tasks t SET
     finished_at = CASE WHEN o.ending = 'done' OR taskflow_attempt_status(
                                 t.attempts, t.max_retries, o.ending = 'permanent') = 'failed'
                        THEN now() END,
+    -- An attempt claimed ahead started when its handler did: $10 seconds ago.
+    started_at = coalesce(t.started_at, now() - make_interval(secs => o.run_seconds)),
     lease_expires_at = NULL,
     updated_at = now()
 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::bool[], $6::text[],
-            $7::float8[])
-     AS o(id, claim_token, ending, result, has_result, error, delay_seconds)
+            $7::float8[], $10::float8[])
+     AS o(id, claim_token, ending, result, has_result, error, delay_seconds, run_seconds)
 WHERE t.id = o.id AND t.claim_token = o.claim_token AND t.status::text = 'processing'
 RETURNING t.id, t.status
 """
@@ -107,13 +110,20 @@ WHERE t.id = h.id AND t.claim_token = h.claim_token AND t.status::text = 'proces
 RETURNING t.id
 """
 SAVE_TASK_PROGRESS = """
-UPDATE tasks SET result = $3
+UPDATE tasks SET result = $3, started_at = coalesce(started_at, now())
 WHERE id = $1 AND claim_token = $2 AND status::text = 'processing'
 RETURNING id
 """
+# A worker's liveness key, and the lock its session holds while it lives
+# (db/migrations/0008_worker_sessions.sql).
+NEXT_LIVENESS_KEY = "SELECT nextval('worker_liveness_key_seq')::integer"
+TAKE_LIVENESS_LOCK = "SELECT pg_advisory_lock(taskflow_worker_lock_namespace(), $1)"
+LIVENESS_LOCK_WAIT_SECONDS = 30.0
 REGISTER_WORKER = """
-INSERT INTO workers (id, hostname, pid, concurrency, queue) VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), stopped_at = NULL
+INSERT INTO workers (id, hostname, pid, concurrency, queue, liveness_key)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), stopped_at = NULL,
+                               liveness_key = excluded.liveness_key
 """
 DEREGISTER_WORKER = "UPDATE workers SET stopped_at = now() WHERE id = $1"
 
@@ -136,19 +146,11 @@ RETURNING t.id
 # SQL function (ops/sql/14_requeue_stuck.sql), shared with the operators'
 # taskflow_requeue_stuck().
 RESCUE_EXPIRED_LEASES = """
-SELECT id, status, worker_id FROM taskflow_rescue_expired_leases($1, $2)
+SELECT id, status, worker_id, started FROM taskflow_rescue_expired_leases($1, $2)
 """
-# Touching updated_at marks the row as republished, so the next tick skips it.
-REPUBLISH_STALE_QUEUED = """
-WITH stale AS (
-    SELECT id FROM tasks
-    WHERE status = 'queued' AND updated_at < now() - make_interval(secs => $1)
-    ORDER BY priority DESC, run_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks t SET updated_at = now() FROM stale WHERE t.id = stale.id
-RETURNING t.id
+# A dead worker's session ended: its tasks go at once, by the same rule.
+RESCUE_LOST_WORKERS = """
+SELECT id, status, worker_id, started FROM taskflow_rescue_lost_workers($1, $2)
 """
 PRUNE_HISTORY = """
 DELETE FROM task_history WHERE id IN (
@@ -173,22 +175,30 @@ class Outcome:
     has_result: bool = False
     error: str | None = None
     delay_seconds: float | None = None
+    run_seconds: float = 0.0  # how long ago the handler started
 
 
 class EngineStore(Queries):
     """The worker's and the scheduler's statements."""
 
     async def claim_queued_tasks(
-        self, task_ids: Sequence[UUID], worker_id: str, lease_seconds: float
+        self,
+        task_ids: Sequence[UUID],
+        worker_id: str,
+        lease_seconds: float,
+        *,
+        start_now: int | None = None,
     ) -> list[Record]:
-        return await self.pool.fetch(CLAIM_QUEUED_TASKS, list(task_ids), worker_id, lease_seconds)
-
-    async def claim_next_tasks(
-        self, limit: int, worker_id: str, lease_seconds: float, *, queued_for_seconds: float = 0
-    ) -> list[Record]:
-        return await self.pool.fetch(
-            CLAIM_NEXT_TASKS, limit, worker_id, lease_seconds, queued_for_seconds
+        """Claim these ids; the first ``start_now`` (default: all) start at
+        once, the others are claimed ahead. Rows come back started first."""
+        rows = await self.pool.fetch(
+            CLAIM_QUEUED_TASKS,
+            list(task_ids),
+            worker_id,
+            lease_seconds,
+            len(task_ids) if start_now is None else start_now,
         )
+        return sorted(rows, key=lambda row: not row["started"])
 
     async def finish_processing_tasks(
         self, outcomes: Sequence[Outcome], *, backoff_base_ms: int, backoff_max_ms: int
@@ -206,6 +216,7 @@ class EngineStore(Queries):
             [o.delay_seconds for o in outcomes],
             backoff_base_ms,
             backoff_max_ms,
+            [o.run_seconds for o in outcomes],
         )
         return {row["id"]: TaskStatus(row["status"]) for row in rows}
 
@@ -232,11 +243,30 @@ class EngineStore(Queries):
             await self.pool.fetchval(SAVE_TASK_PROGRESS, task_id, claim_token, result) is not None
         )
 
+    @staticmethod
+    async def take_liveness_lock(connection: asyncpg.Connection[Record], key: int) -> None:
+        """Hold the worker's liveness lock for as long as ``connection`` lives.
+        Waits while a previous session of the same worker still holds it (its
+        end not yet noticed by the server), up to LIVENESS_LOCK_WAIT_SECONDS."""
+        await connection.execute(TAKE_LIVENESS_LOCK, key, timeout=LIVENESS_LOCK_WAIT_SECONDS)
+
+    async def next_liveness_key(self) -> int:
+        key: int = await self.pool.fetchval(NEXT_LIVENESS_KEY)
+        return key
+
     async def register_worker(
-        self, worker_id: str, hostname: str, concurrency: int, queue: str | None
+        self,
+        worker_id: str,
+        hostname: str,
+        concurrency: int,
+        queue: str | None,
+        *,
+        liveness_key: int | None,
     ) -> None:
+        """Register after the worker's session holds its liveness lock: the
+        scheduler takes a registered worker without the lock for dead."""
         await self.pool.execute(
-            REGISTER_WORKER, worker_id, hostname, os.getpid(), concurrency, queue
+            REGISTER_WORKER, worker_id, hostname, os.getpid(), concurrency, queue, liveness_key
         )
 
     async def deregister_worker(self, worker_id: str) -> None:
@@ -255,9 +285,10 @@ class EngineStore(Queries):
             await name_change(connection, actor="scheduler", event="lease_expired")
             return await connection.fetch(RESCUE_EXPIRED_LEASES, limit, max_lease_crashes)
 
-    async def republish_stale_queued(self, older_than_seconds: float, limit: int) -> list[UUID]:
-        rows = await self.pool.fetch(REPUBLISH_STALE_QUEUED, older_than_seconds, limit)
-        return [row["id"] for row in rows]
+    async def rescue_lost_workers(self, limit: int, max_lease_crashes: int) -> list[Record]:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await name_change(connection, actor="scheduler", event="worker_lost")
+            return await connection.fetch(RESCUE_LOST_WORKERS, limit, max_lease_crashes)
 
     async def prune_history(self, retention_days: int, limit: int) -> int:
         status = await self.pool.execute(PRUNE_HISTORY, retention_days, limit)

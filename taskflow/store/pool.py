@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self, TypeAlias
 
 import asyncpg
@@ -185,19 +185,34 @@ async def name_change(connection: Connection, *, actor: str, event: str | None =
     )
 
 
+SessionHook = Callable[["asyncpg.Connection[Record]"], Awaitable[None]]
+
+
 def _unheard(_channel: str, _payload: str) -> None:
     """Notifications that arrive before the owner says where they go."""
+
+
+async def _nothing_to_prepare(_connection: asyncpg.Connection[Record]) -> None:
+    """A session that needs nothing before it listens."""
 
 
 class Listener:
     """One connection LISTENing on channels, reconnecting when Postgres goes
     away. Built by a process's composition root; its owner says where the
-    notifications go (:meth:`on_notify`) and runs it."""
+    notifications go (:meth:`on_notify`), what each new session must do
+    before it listens (:meth:`on_session`), and runs it.
+
+    Besides the channels' notifications the callback hears, with an empty
+    payload: ``"connected"`` once a session is prepared and listening,
+    ``"lost"`` the moment it ends, and ``"reconnected"`` just before the next
+    attempt to connect (anything may have happened while it was deaf).
+    """
 
     def __init__(self, dsn: str, channels: Iterable[str], *, name: str) -> None:
         self.dsn = dsn
         self.channels = tuple(channels)
         self.callback: NotifyCallback = _unheard
+        self.prepare_session: SessionHook = _nothing_to_prepare
         self.name = name
         self._connection: asyncpg.Connection | None = None
         self.connected = asyncio.Event()
@@ -206,6 +221,9 @@ class Listener:
     def on_notify(self, callback: NotifyCallback) -> None:
         self.callback = callback
 
+    def on_session(self, prepare: SessionHook) -> None:
+        self.prepare_session = prepare
+
     async def run(self, stop: asyncio.Event) -> None:
         delay = 0.1
         while not stop.is_set():
@@ -213,9 +231,11 @@ class Listener:
                 self._connection = await connect(self.dsn, application_name=self.name)
                 self.lost.clear()
                 self._connection.add_termination_listener(lambda _c: self.lost.set())
+                await self.prepare_session(self._connection)
                 for channel in self.channels:
                     await self._connection.add_listener(channel, self._on_notify)
                 self.connected.set()
+                self.callback("connected", "")
                 delay = 0.1
                 # Wake up periodically to notice a silently dead connection.
                 while not stop.is_set() and not self.lost.is_set():
@@ -228,10 +248,13 @@ class Listener:
                     extra={"event": "listener_lost", "error": str(exc)},
                 )
             finally:
+                was_connected = self.connected.is_set()
                 self.connected.clear()
                 if self._connection is not None:
                     self._connection.terminate()
                     self._connection = None
+                if was_connected:
+                    self.callback("lost", "")
             if not stop.is_set():
                 await wait_any(stop, timeout=delay)
                 delay = min(delay * 2, 5)

@@ -20,6 +20,7 @@ from typing import Any
 from uuid import UUID
 
 from taskflow.config import Settings
+from taskflow.store.dispatch import DispatchStore, FairLimits
 from taskflow.store.engine import EngineStore
 from taskflow.store.pool import DATABASE_ERRORS, Record
 from taskflow.waiting import wait_event
@@ -50,25 +51,33 @@ class Intake:
         self,
         settings: Settings,
         store: EngineStore,
+        dispatch: DispatchStore,
         slots: Slots[Any],
         *,
         worker_id: str,
         start: Callable[[Record], None],
         broker_live: Callable[[], bool],
+        live: asyncio.Event,
         stop: asyncio.Event,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.dispatch = dispatch
+        self.limits = FairLimits.from_settings(settings)
         self.slots = slots
         self.worker_id = worker_id
         self.lease_seconds = settings.lease_seconds
         self._start = start
         self._broker_live = broker_live
+        # Set while the worker's session holds its liveness lock: a task
+        # claimed without it would be rescued at once as a dead worker's.
+        self._live = live
         self._stop = stop
         self.accepting = True
         self.deliveries: list[tuple[UUID, Ticket]] = []
         self.claim_wake = asyncio.Event()
         self.postgres_wake = asyncio.Event()
+        self._notified = False
 
     async def on_delivery(self, task_ids: list[UUID], ack: Ack) -> None:
         if not self.accepting:
@@ -94,17 +103,20 @@ class Intake:
         while not self._stop.is_set():
             await wait_event(self.claim_wake, 1.0)
             self.claim_wake.clear()
-            if not self.accepting:
+            if not self.accepting or not self._live.is_set():
                 continue
             take = min(len(self.deliveries), self.slots.claim_capacity())
             if take <= 0:
                 continue
             batch, self.deliveries = self.deliveries[:take], self.deliveries[take:]
             ids = list(dict.fromkeys(task_id for task_id, _ in batch))
+            start_now = max(0, self.slots.free)
             self.slots.claiming += len(ids)
             try:
                 rows = await self._claim(
-                    self.store.claim_queued_tasks(ids, self.worker_id, self.lease_seconds)
+                    self.store.claim_queued_tasks(
+                        ids, self.worker_id, self.lease_seconds, start_now=start_now
+                    )
                 )
             finally:
                 self.slots.claiming -= len(ids)
@@ -122,45 +134,90 @@ class Intake:
             if self.deliveries:
                 self.claim_wake.set()
 
-    async def claim_from_postgres_loop(self, *, burst: bool, idle: asyncio.Event) -> None:
-        """Claim the next queued rows from Postgres with SKIP LOCKED.
+    async def _balance(self, limit: int, poll: float) -> list[Record]:
+        """Nothing delivered for a poll interval, with free slots: take ids
+        picked a while ago that nobody claimed, then, for what is left, from
+        the pick itself (no dispatcher is keeping up, or none runs)."""
+        rows = await self.dispatch.claim_stale_dispatched(
+            limit, self.worker_id, self.lease_seconds, older_than_seconds=poll
+        )
+        if len(rows) < limit:
+            rows += await self.dispatch.claim_fair(
+                self.worker_id,
+                self.lease_seconds,
+                limit - len(rows),
+                start_now=limit - len(rows),
+                limits=self.limits,
+            )
+        return rows
 
-        Without a (connected) broker this is how work arrives: woken by NOTIFY,
-        a freed slot, or the poll interval as a safety net. With the broker it
-        only balances: a worker with free slots and no delivered ids takes
-        rows that have been queued for a poll interval already, typically ids
-        that wait in another worker's buffer behind long-running tasks (that
-        worker drops them when their claim finds them taken).
+    def notified(self) -> None:
+        """Tasks became queued (NOTIFY): an idle worker may take them now."""
+        self._notified = True
+        self.postgres_wake.set()
+
+    async def claim_from_postgres_loop(self, *, burst: bool, idle: asyncio.Event) -> None:
+        """Claim from Postgres, where who runs next is decided.
+
+        Without a (connected) broker this is how work arrives: the fair pick
+        itself (``taskflow_claim_fair``), woken by NOTIFY, a freed slot, or the
+        poll interval as a safety net. With the broker, the dispatcher sends
+        the ids, and this loop does two things only: a worker with nothing
+        delivered that hears of new tasks takes them from the pick at once
+        (no round trip through the dispatcher and RabbitMQ when it is idle);
+        and every poll interval a worker with free slots and nothing delivered
+        balances (:meth:`_balance`): ids picked a while ago that nobody
+        claimed, typically waiting in another worker's buffer behind long
+        tasks (that worker drops them when their claim finds them taken).
         """
         poll = self.settings.worker_poll_interval_ms / 1000
         self.postgres_wake.set()  # look once at start: work may be waiting already
+        self._notified = True
         last_look = 0.0
         while not self._stop.is_set():
             await wait_event(self.postgres_wake, poll)
             self.postgres_wake.clear()
-            if not self.accepting or self.slots.free <= 0:
+            notified, self._notified = self._notified, False
+            if not self.accepting or not self._live.is_set() or self.slots.free <= 0:
                 continue
-            queued_for = 0.0
-            limit = self.slots.claim_capacity()
-            if self._broker_live():
-                if self.deliveries or time.monotonic() - last_look < poll:
-                    continue
-                queued_for = poll
-                limit = self.slots.free  # balancing: only what can start now
-            last_look = time.monotonic()
+            start_now = self.slots.free
+            if not self._broker_live():
+                limit = self.slots.claim_capacity()
+                claim = self.dispatch.claim_fair(
+                    self.worker_id,
+                    self.lease_seconds,
+                    limit,
+                    start_now=start_now,
+                    limits=self.limits,
+                )
+            elif self.deliveries:
+                continue
+            elif notified:
+                limit = start_now
+                claim = self.dispatch.claim_fair(
+                    self.worker_id,
+                    self.lease_seconds,
+                    limit,
+                    start_now=start_now,
+                    limits=self.limits,
+                )
+            elif time.monotonic() - last_look >= poll:
+                last_look = time.monotonic()
+                limit = start_now
+                claim = self._balance(limit, poll)
+            else:
+                continue
             self.slots.claiming += limit
             try:
-                rows = await self._claim(
-                    self.store.claim_next_tasks(
-                        limit, self.worker_id, self.lease_seconds, queued_for_seconds=queued_for
-                    )
-                )
+                rows = await self._claim(claim)
             finally:
                 self.slots.claiming -= limit
             for row in rows or []:
                 self._start(row)
             if rows is not None and len(rows) == limit:
-                self.postgres_wake.set()  # there may be more right away
+                # There may be more right away.
+                self._notified = notified or not self._broker_live()
+                self.postgres_wake.set()
             elif burst and rows == [] and self.slots.running == 0 and not self.slots.ready:
                 idle.set()
                 return

@@ -14,6 +14,16 @@ The flow for one task:
    outcomes ready at the same moment, and the one retry rule decides what
    follows (:mod:`taskflow.worker.recording`).
 
+Liveness: before it registers or claims anything, the worker's listening
+session takes an advisory lock keyed by the worker's liveness key, and holds
+it while the process lives. When the process dies its session ends, the lock
+goes, and the scheduler rescues its tasks within a tick
+(db/migrations/0008_worker_sessions.sql). When the session ends while the
+process lives on (Postgres restarted, the connection broke), the scheduler
+will take it for dead too, so the worker stops every handler at once and
+claims nothing until a new session holds the lock again; then it hands back
+what it stopped (fenced, so nothing the scheduler already rescued).
+
 The worker is given its store, broker and listener (``taskflow.runtime``
 builds them); it starts consuming and listening, and never closes them.
 """
@@ -26,6 +36,7 @@ import functools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,9 +49,10 @@ from taskflow.config import Settings
 from taskflow.files import UserFiles
 from taskflow.handlers import Registry, TaskContext
 from taskflow.metrics import START_LATENCY_SECONDS
+from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore, Outcome
 from taskflow.store.pool import DATABASE_ERRORS, Listener, Record
-from taskflow.waiting import wait_event
+from taskflow.waiting import wait_any, wait_event
 from taskflow.worker.attempt import AttemptEnd, run_attempt
 from taskflow.worker.intake import Intake
 from taskflow.worker.recording import Recorder, keep_leases
@@ -79,6 +91,7 @@ class Worker:
         settings: Settings,
         registry: Registry,
         store: EngineStore,
+        dispatch: DispatchStore,
         *,
         broker: Broker | None,
         listener: Listener,
@@ -97,16 +110,21 @@ class Worker:
         self.running: dict[UUID, Running] = {}
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
+        # Attempts stopped when the session ended, handed back once it is back.
+        self._interrupted: list[tuple[UUID, int]] = []
+        self._spawned: set[asyncio.Task[None]] = set()
         self.slots: Slots[tuple[Record, Running]] = Slots(
             self.concurrency, settings.worker_claim_ahead_ms / 1000
         )
         self.intake = Intake(
             settings,
             store,
+            dispatch,
             self.slots,
             worker_id=worker_id,
             start=self._start,
             broker_live=self._broker_live,
+            live=listener.connected,
             stop=self._stop,
         )
         self.recorder = Recorder(settings, store)
@@ -120,11 +138,21 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (or, in burst mode, until there is no work)."""
+        liveness_key = await self.store.next_liveness_key()
+
+        async def hold_liveness_lock(connection: Any) -> None:
+            await self.store.take_liveness_lock(connection, liveness_key)
+
+        self.listener.on_session(hold_liveness_lock)
+        self.listener.on_notify(self._on_notify)
+        listening = self._supervised("listener", lambda: self.listener.run(self._stop))
+        await wait_any(self.listener.connected, stop, timeout=None)
         await self.store.register_worker(
             self.worker_id,
             socket.gethostname(),
             self.concurrency,
             self.settings.amqp_queue if self.broker is not None else None,
+            liveness_key=liveness_key,
         )
         log.info(
             "worker started",
@@ -135,10 +163,9 @@ class Worker:
                 "broker": self.broker is not None,
             },
         )
-        self.listener.on_notify(self._on_notify)
         background = [
+            listening,
             self._supervised("finisher", self.recorder.run),
-            self._supervised("listener", lambda: self.listener.run(self._stop)),
             self._supervised("heartbeat", self._keep_leases),
             self._supervised("claim", self.intake.claim_delivered_loop),
             self._supervised(
@@ -201,6 +228,8 @@ class Worker:
         if leftovers:
             await asyncio.gather(*(r.job for r in leftovers if r.job), return_exceptions=True)
             await self._hand_back(leftovers)
+        if self._interrupted:
+            await self._hand_back_interrupted()
         self._stop.set()
         # Let in-flight outcome writes land before the pool closes.
         await asyncio.sleep(0)
@@ -227,19 +256,26 @@ class Worker:
                 extra={"event": "hand_back_failed", "error": str(exc)},
             )
             return
+        # Queued again, they are picked anew (the hand-back NOTIFYs the
+        # dispatchers and idle workers).
         log.info(
             "handed back unfinished tasks", extra={"event": "handed_back", "count": len(handed)}
         )
-        # Their messages were acked at claim: ring the broker again so another
-        # worker takes them now (the hand-back also NOTIFYs).
-        if self.broker is not None and handed:
-            await self.broker.publish_ids(handed)
 
     # ----- notifications
 
     def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == "lost":
+            self._session_lost()
+            return
+        if channel == "connected" and self._interrupted:
+            task = asyncio.get_running_loop().create_task(self._hand_back_interrupted())
+            self._spawned.add(task)
+            task.add_done_callback(self._spawned.discard)
         if channel != "taskflow_cancel":
-            self.intake.postgres_wake.set()
+            # New tasks, or a session that is back: look at once.
+            self.intake.notified()
+            self.intake.claim_wake.set()
             return
         try:
             task_id = UUID(payload)
@@ -249,6 +285,34 @@ class Worker:
         if running is not None and not running.recorded:
             running.stop("cancelled")
             log.info("cancelling running task", extra={"event": "task_cancel", "task_id": payload})
+
+    def _session_lost(self) -> None:
+        """The liveness lock went with the session: the scheduler may rescue
+        every task of this worker from now on, so none may go on running."""
+        stopped = [r for r in self.running.values() if not r.recorded]
+        if not stopped:
+            return
+        log.warning(
+            "session lost; stopping every task",
+            extra={"event": "session_lost", "worker_id": self.worker_id, "tasks": len(stopped)},
+        )
+        for running in stopped:
+            running.stop("session_lost")
+            self._interrupted.append((running.task_id, running.claim_token))
+        # Claimed ahead, never started: they go back too, and never start here.
+        for _row, running in self.slots.ready:
+            self.running.pop(running.task_id, None)
+        self.slots.ready.clear()
+
+    async def _hand_back_interrupted(self) -> None:
+        claims, self._interrupted = self._interrupted, []
+        try:
+            await self.store.hand_back_tasks(claims)
+        except DATABASE_ERRORS as exc:
+            log.warning(
+                "hand back failed; the scheduler rescues them",
+                extra={"event": "hand_back_failed", "error": str(exc)},
+            )
 
     # ----- running a task
 
@@ -299,6 +363,7 @@ class Worker:
             "attempt": running.attempt,
             "worker_id": self.worker_id,
         }
+        started = time.monotonic()
         try:
             try:
                 end = await self._attempt(row, running, fields)
@@ -322,6 +387,7 @@ class Worker:
                 has_result=end.has_result,
                 error=end.error,
                 delay_seconds=end.delay_seconds,
+                run_seconds=time.monotonic() - started,
             )
             await self.recorder.record(outcome, fields)
         except Exception as exc:  # our own bookkeeping failed; the lease rescues the task

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import aio_pika
 from quart.typing import TestClientProtocol as Client
 
 from taskflow.auth import issue_token
-from taskflow.broker import decode_ids
 from taskflow.models import TaskStatus
+from taskflow.store.dispatch import FairLimits
 from taskflow.store.engine import Outcome
-from tests.conftest import AMQP_URL, TEST_SECRET
-from tests.stores import Store, finish
+from tests.conftest import TEST_SECRET
+from tests.stores import Store, claim, finish
 
 EMAIL_TASK: dict[str, Any] = {
     "type": "send_email",
@@ -107,7 +106,7 @@ async def put_task_in(store: Store, task_id: str, status: TaskStatus) -> None:
     if status is TaskStatus.CANCELLED:
         assert await store.cancel_task(uuid, None, actor="test") is not None
         return
-    claimed = await store.claim_queued_tasks([uuid], "test-worker", 60)
+    claimed = await claim(store, [uuid], "test-worker", 60)
     assert len(claimed) == 1, f"task {task_id} was not queued"
     if status is TaskStatus.PROCESSING:
         return
@@ -120,19 +119,12 @@ async def put_task_in(store: Store, task_id: str, status: TaskStatus) -> None:
     assert await finish(store, outcome) == {uuid: status}
 
 
-async def drain_queue(queue: str) -> list[str]:
-    """Every task id now in the RabbitMQ queue, taken out of it (the API
-    publishes with confirms before it answers, so nothing is still on its way)."""
-    connection = await aio_pika.connect(AMQP_URL)
-    ids: list[str] = []
-    async with connection:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, durable=True)
-        while (message := await declared.get(no_ack=True, fail=False)) is not None:
-            decoded = decode_ids(message.body)
-            assert decoded is not None, message.body
-            ids.extend(str(task_id) for task_id in decoded)
-    return ids
+async def picked(store: Store) -> list[str]:
+    """The ids of tasks queued since the last call, taken as the dispatcher
+    would take them: the API publishes nothing; a task it queues waits in
+    Postgres for the fair pick (taskflow/dispatcher.py)."""
+    rows = await store.dispatch(100_000, FairLimits())
+    return [str(row["id"]) for row in rows]
 
 
 async def db_snapshot(store: Store) -> dict[str, list[tuple[Any, ...]]]:

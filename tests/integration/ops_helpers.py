@@ -45,7 +45,7 @@ async def create(
     payload: dict[str, Any],
     **fields: Any,
 ) -> uuid.UUID:
-    enqueuer = Enqueuer(store, build_registry(settings), None)
+    enqueuer = Enqueuer(store, build_registry(settings))
     row, _ = await enqueuer.create(user_id, TaskCreate(type=task_type, payload=payload, **fields))
     task_id: uuid.UUID = row["id"]
     return task_id

@@ -32,14 +32,14 @@ from tests.integration.api_helpers import (
     create_task,
     db_snapshot,
     detail_fields,
-    drain_queue,
     json_error,
+    picked,
     put_task_in,
     task_in,
     task_row,
     token_for,
 )
-from tests.stores import Store, finish
+from tests.stores import Store, claim, finish
 
 S = TaskStatus
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
@@ -73,7 +73,7 @@ async def _expect_invalid(
 # ----- create ---------------------------------------------------------------------
 
 
-async def test_create_returns_the_task_and_publishes_its_id(
+async def test_create_returns_the_task_and_queues_it_for_the_pick(
     client: Client, store: Store, settings: Settings
 ) -> None:
     headers = await auth_headers(client)
@@ -102,7 +102,7 @@ async def test_create_returns_the_task_and_publishes_its_id(
     assert row["user_id"] == task["user_id"]
     assert row["payload"] == EMAIL_TASK["payload"]
     # The id is in the RabbitMQ queue, and it is the whole message.
-    assert await drain_queue(settings.amqp_queue) == [task["id"]]
+    assert await picked(store) == [task["id"]]
     history = await (
         await client.get(f"/api/tasks/{task['id']}/history", headers=headers)
     ).get_json()
@@ -152,7 +152,7 @@ async def test_future_run_at_is_postponed_and_not_published(
     assert shifted["status"] == "postponed"
     assert shifted["run_at"] == FUTURE
     assert (await task_row(store, task["id"]))["status"] == "postponed"
-    assert await drain_queue(settings.amqp_queue) == []
+    assert await picked(store) == []
 
 
 async def test_past_run_at_is_accepted_and_queued_at_once(
@@ -163,7 +163,7 @@ async def test_past_run_at_is_accepted_and_queued_at_once(
     assert task["status"] == "queued"
     assert task["run_at"] == SEED_RUN_AT
     assert (await task_row(store, task["id"]))["status"] == "queued"
-    assert await drain_queue(settings.amqp_queue) == [task["id"]]
+    assert await picked(store) == [task["id"]]
 
 
 async def test_past_run_at_is_refused_when_configured(
@@ -464,7 +464,7 @@ async def test_idempotency_key_replays_the_same_task(
     assert again.headers["Idempotent-Replayed"] == "true"
     assert await again.get_json() == task
     assert await store.pool.fetchval(_count_tasks_sql()) == 1
-    assert await drain_queue(settings.amqp_queue) == [task["id"]]
+    assert await picked(store) == [task["id"]]
 
     before = await db_snapshot(store)
     for different in ({**body, "max_retries": 4}, EMAIL_TASK, {**body, "run_at": FUTURE}):
@@ -522,14 +522,14 @@ async def test_concurrent_creates_share_a_commit_and_each_gets_its_own_task(
     assert len({row["tx"] for row in rows}) < 24
     created = await store.pool.fetchval("SELECT count(*) FROM task_history WHERE event = 'created'")
     assert created == 24
-    assert sorted(await drain_queue(settings.amqp_queue)) == sorted(by_id)
+    assert sorted(await picked(store)) == sorted(by_id)
 
 
 async def test_a_bad_item_in_a_shared_insert_fails_only_its_own_request(
     store: Store, settings: Settings, registry: Registry
 ) -> None:
     user_id = await new_user(store)
-    queue = Enqueuer(store, registry, None, group_inserts=True)
+    queue = Enqueuer(store, registry, group_inserts=True)
     queue.start()
     try:
         request = TaskCreate(type="send_email", payload=EMAIL_TASK["payload"])
@@ -574,7 +574,7 @@ async def test_batch_creates_every_task_in_order(
     for task in tasks:
         assert (await task_row(store, task["id"]))["status"] == task["status"]
     queued = {t["id"] for t in tasks if t["status"] == "queued"}
-    assert sorted(await drain_queue(settings.amqp_queue)) == sorted(queued)
+    assert sorted(await picked(store)) == sorted(queued)
 
 
 async def test_batch_is_all_or_nothing(client: Client, store: Store, settings: Settings) -> None:
@@ -609,7 +609,7 @@ async def test_batch_is_all_or_nothing(client: Client, store: Store, settings: S
         )
         await json_error(response, 400)
     assert await db_snapshot(store) == before
-    assert await drain_queue(settings.amqp_queue) == []
+    assert await picked(store) == []
 
 
 async def test_batch_of_1000_and_list_limits(client: Client, store: Store) -> None:
@@ -796,7 +796,7 @@ async def test_patch_a_queued_task(client: Client, store: Store, settings: Setti
     # PATCH with 409 "cannot change a task that is queued".
     headers = await token_for(store)
     task = await create_task(client, headers)
-    await drain_queue(settings.amqp_queue)
+    await picked(store)
     url = f"/api/tasks/{task['id']}"
     new_payload = {"to": "else@example.com", "body": "<b>hi</b>"}
     response = await client.patch(url, headers=headers, json={"payload": new_payload})
@@ -812,7 +812,7 @@ async def test_patch_a_queued_task(client: Client, store: Store, settings: Setti
     row = await task_row(store, task["id"])
     assert (row["max_retries"], row["priority"], row["payload"]) == (7, -5, new_payload)
     # Patching a queued task does not ring the bell again.
-    assert await drain_queue(settings.amqp_queue) == []
+    assert await picked(store) == []
 
 
 async def test_patch_validation_and_no_postponing_a_queued_task(
@@ -820,7 +820,7 @@ async def test_patch_validation_and_no_postponing_a_queued_task(
 ) -> None:
     headers = await token_for(store)
     task = await create_task(client, headers)
-    await drain_queue(settings.amqp_queue)
+    await picked(store)
     url = f"/api/tasks/{task['id']}"
     # A run_at that has come is fine (it stays queued)...
     response = await client.patch(url, headers=headers, json={"run_at": SEED_RUN_AT})
@@ -866,7 +866,7 @@ async def test_patch_validation_and_no_postponing_a_queued_task(
         )
         await json_error(response, 400)
     assert await db_snapshot(store) == before
-    assert await drain_queue(settings.amqp_queue) == []
+    assert await picked(store) == []
 
 
 async def test_patch_a_postponed_task(client: Client, store: Store, settings: Settings) -> None:
@@ -877,13 +877,13 @@ async def test_patch_a_postponed_task(client: Client, store: Store, settings: Se
     response = await client.patch(url, headers=headers, json={"run_at": later, "priority": 3})
     patched = await response.get_json()
     assert (patched["status"], patched["run_at"], patched["priority"]) == ("postponed", later, 3)
-    assert await drain_queue(settings.amqp_queue) == []
+    assert await picked(store) == []
     # Its time has come: queued at once, and the workers are told.
     response = await client.patch(url, headers=headers, json={"run_at": SEED_RUN_AT})
     patched = await response.get_json()
     assert (patched["status"], patched["run_at"]) == ("queued", SEED_RUN_AT)
     assert (await task_row(store, task["id"]))["status"] == "queued"
-    assert await drain_queue(settings.amqp_queue) == [task["id"]]
+    assert await picked(store) == [task["id"]]
     history = await (await client.get(f"{url}/history", headers=headers)).get_json()
     assert [(h["from_status"], h["to_status"]) for h in history] == [
         (None, "postponed"),
@@ -902,7 +902,7 @@ async def test_patch_a_retrying_task(client: Client, store: Store) -> None:
     # Run it a second time, then try to allow fewer runs than already happened.
     await client.patch(url, headers=headers, json={"max_retries": 3, "run_at": SEED_RUN_AT})
     assert await store.promote_due_tasks(10) == [UUID(task["id"])]
-    claimed = await store.claim_queued_tasks([UUID(task["id"])], "test-worker", 60)
+    claimed = await claim(store, [UUID(task["id"])], "test-worker", 60)
     outcome = Outcome(
         UUID(task["id"]), claimed[0]["claim_token"], "transient", error="x", delay_seconds=3600
     )
@@ -966,7 +966,7 @@ async def test_retry(client: Client, store: Store, settings: Settings) -> None:
     headers = await token_for(store)
     for status in (S.FAILED, S.CANCELLED):
         task = await task_in(client, headers, store, status)
-        await drain_queue(settings.amqp_queue)
+        await picked(store)
         response = await client.post(f"/api/tasks/{task['id']}/retry", headers=headers)
         assert response.status_code == 200, await response.get_data()
         retried = await response.get_json()
@@ -974,12 +974,12 @@ async def test_retry(client: Client, store: Store, settings: Settings) -> None:
         assert retried["finished_at"] is None
         assert retried["started_at"] is None
         assert (await task_row(store, task["id"]))["status"] == "queued"
-        assert await drain_queue(settings.amqp_queue) == [task["id"]]
+        assert await picked(store) == [task["id"]]
     others = [
         await task_in(client, headers, store, s)
         for s in (S.POSTPONED, S.QUEUED, S.PROCESSING, S.RETRYING, S.DONE)
     ]
-    await drain_queue(settings.amqp_queue)
+    await picked(store)
     before = await db_snapshot(store)
     for task in others:
         response = await client.post(f"/api/tasks/{task['id']}/retry", headers=headers)
@@ -989,7 +989,7 @@ async def test_retry(client: Client, store: Store, settings: Settings) -> None:
         await json_error(await client.post("/api/tasks/x/retry", headers=headers), 400)
     ) == ["id"]
     assert await db_snapshot(store) == before
-    assert await drain_queue(settings.amqp_queue) == []
+    assert await picked(store) == []
 
 
 async def test_delete(client: Client, store: Store) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,8 +25,8 @@ from taskflow.handlers import build_registry
 from taskflow.models import TaskCreate, TaskStatus
 from taskflow.runtime import worker_runtime
 from taskflow.scheduler import Scheduler
+from taskflow.store.dispatch import DispatchStore, FairLimits
 from taskflow.store.engine import (
-    CLAIM_NEXT_TASKS,
     CLAIM_QUEUED_TASKS,
     EXTEND_LEASES,
     FINISH_PROCESSING_TASKS,
@@ -35,7 +37,7 @@ from taskflow.store.engine import (
     Outcome,
 )
 from taskflow.store.pool import connect
-from taskflow.store.tasks import NewTask
+from taskflow.store.tasks import NewTask, TaskStore
 from taskflow.worker.process import Worker
 from tests.conftest import (
     AMQP_URL,
@@ -46,7 +48,7 @@ from tests.conftest import (
     running_worker,
     wait_until,
 )
-from tests.stores import Store, finish
+from tests.stores import Store, claim, finish
 
 FAST = {
     "scheduler_interval_ms": 50,
@@ -83,8 +85,16 @@ async def user_id(store: Store) -> int:
     return await new_user(store)
 
 
-def enqueuer(store: Store, settings: Settings, broker: Broker | None) -> Enqueuer:
-    return Enqueuer(store, build_registry(settings), broker)
+def enqueuer(store: Store, settings: Settings) -> Enqueuer:
+    return Enqueuer(store, build_registry(settings))
+
+
+async def dispatched(store: Store, publisher: Broker, ids: list[uuid.UUID]) -> None:
+    """Pick these ids into the dispatch window and publish them as one
+    message, as the dispatcher would (nothing else is queued here)."""
+    rows = await store.dispatch(len(ids), FairLimits())
+    assert {row["id"] for row in rows} == set(ids)
+    assert await publisher.publish_ids(ids)
 
 
 async def create(
@@ -117,6 +127,20 @@ def all_in(store: Store, ids: list[uuid.UUID], status: str) -> Any:
     return check
 
 
+async def queued_and_dispatched(
+    store: Store, user_id: int, count: int, *, task_type: str = "test_noop", **payload: Any
+) -> list[uuid.UUID]:
+    """Queued and picked into the dispatch window in one transaction, so no
+    idle worker takes them from the pick first: as if the dispatcher had."""
+    async with store.pool.acquire() as connection, connection.transaction():
+        rows = await TaskStore(connection).insert_tasks(  # type: ignore[arg-type]
+            user_id,
+            [NewTask(new_task_id(), task_type, dict(payload), 0, 3, None) for _ in range(count)],
+        )
+        await DispatchStore(connection).dispatch(count, FairLimits())  # type: ignore[arg-type]
+    return [row["id"] for row in rows]
+
+
 async def bulk_queued(store: Store, user_id: int, count: int, **payload: Any) -> list[uuid.UUID]:
     rows = await store.insert_tasks(
         user_id,
@@ -138,14 +162,22 @@ async def test_eight_concurrent_claimers_claim_each_row_exactly_once(
     claimed: list[uuid.UUID] = []
 
     async def by_next(worker: str) -> None:
-        while rows := await store.claim_next_tasks(7, worker, 30):
+        while rows := await store.claim_fair(worker, 30, 7, start_now=7, limits=FairLimits()):
             claimed.extend(row["id"] for row in rows)
 
     async def by_ids(worker: str) -> None:
-        # Overlapping random batches, as duplicate deliveries would produce.
+        # Overlapping random batches, as duplicate deliveries would produce,
+        # of ids the pick sent (claims by id take nothing else).
         rng = random.Random(worker)
         for _ in range(150):
-            rows = await store.claim_queued_tasks(rng.sample(ids, 20), worker, 30)
+            sample = rng.sample(ids, 20)
+            await store.pool.execute(
+                "INSERT INTO dispatched_tasks (task_id, user_id, type) "
+                "SELECT t.id, t.user_id, t.type FROM tasks t "
+                "WHERE t.id = ANY($1) AND t.status = 'queued' ON CONFLICT DO NOTHING",
+                sample,
+            )
+            rows = await claim(store, sample, worker, 30)
             claimed.extend(row["id"] for row in rows)
 
     await asyncio.gather(
@@ -164,12 +196,12 @@ async def test_eight_concurrent_claimers_claim_each_row_exactly_once(
     assert tokens == 1000
 
 
-async def test_worker_runs_tasks_from_the_broker(
-    store: Store, fast: Settings, publisher: Broker, user_id: int
+async def test_a_worker_and_a_scheduler_run_every_task_once(
+    store: Store, fast: Settings, user_id: int
 ) -> None:
-    queue = enqueuer(store, fast, publisher)
+    queue = enqueuer(store, fast)
     ids = [await create(queue, user_id, "test_noop", {"n": i}) for i in range(40)]
-    async with running_worker(fast, concurrency=4) as worker:
+    async with running_scheduler(fast), running_worker(fast, concurrency=4) as worker:
         await wait_until(all_in(store, ids, "done"), what="all done")
         assert worker.broker is not None
         assert worker.broker.connected.is_set()
@@ -179,11 +211,35 @@ async def test_worker_runs_tasks_from_the_broker(
     assert await events_of(store, ids[0]) == ["created", "claimed", "completed"]
 
 
+async def test_the_dispatcher_publishes_a_window_the_size_of_the_free_slots(
+    store: Store, fast: Settings, user_id: int
+) -> None:
+    # Five slots alive (a registered worker that heartbeats, not consuming):
+    # the window holds five ids, and the backlog stays in Postgres.
+    await store.register_worker("five-slots", "host", 5, fast.amqp_queue, liveness_key=None)
+    ids = await bulk_queued(store, user_id, 40)
+    async with running_scheduler(fast) as scheduler:
+        assert scheduler.dispatcher is not None
+
+        async def window_published() -> bool:
+            return len(await published_ids(fast.amqp_queue)) == 5
+
+        await wait_until(window_published, what="a window of five ids published")
+        await asyncio.sleep(0.3)
+        published = await published_ids(fast.amqp_queue)
+        assert len(published) == 5  # not the whole backlog
+        assert set(published) <= set(ids)
+        marked = await store.pool.fetchval("SELECT array_agg(task_id) FROM dispatched_tasks")
+        assert set(marked) == set(published)
+    async with running_scheduler(fast), running_worker(fast, concurrency=3):
+        await wait_until(all_in(store, ids, "done"), what="every task done")
+    assert await store.pool.fetchval("SELECT count(*) FROM dispatched_tasks") == 0
+
+
 async def test_duplicate_stale_and_garbage_messages_are_dropped(
     store: Store, fast: Settings, publisher: Broker, user_id: int
 ) -> None:
-    queue = enqueuer(store, fast, publisher)
-    task_id = await create(queue, user_id, "test_noop", {"n": 1})
+    [task_id] = await queued_and_dispatched(store, user_id, 1)
     assert await publisher.publish_ids([task_id, task_id, task_id, uuid.uuid4()])
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel()
@@ -206,10 +262,23 @@ async def test_duplicate_stale_and_garbage_messages_are_dropped(
     await connection.close()
 
 
+async def test_an_id_the_pick_did_not_send_is_not_claimed(
+    store: Store, fast: Settings, user_id: int
+) -> None:
+    """Claims by id take only what the fair pick sent: every cap is counted over it."""
+    [task_id] = await bulk_queued(store, user_id, 1)
+    assert await store.claim_queued_tasks([task_id], "w", 30) == []
+    await store.dispatch(1, FairLimits())
+    claimed = await store.claim_queued_tasks([task_id], "w", 30)
+    assert [row["id"] for row in claimed] == [task_id]
+    # Claimed, it left the dispatch window.
+    assert await store.count_dispatched() == 0
+
+
 async def test_ids_of_one_message_are_claimed_once_each_in_one_statement(
     store: Store, fast: Settings, publisher: Broker, user_id: int
 ) -> None:
-    ids = await bulk_queued(store, user_id, 6)
+    ids = await queued_and_dispatched(store, user_id, 6)
     assert await publisher.publish_ids(ids)  # one message of six ids
     assert await publisher.queue_depth() == 1
     async with running_worker(fast, concurrency=8):
@@ -220,6 +289,11 @@ async def test_ids_of_one_message_are_claimed_once_each_in_one_statement(
     # Six fresh fencing tokens, one per task, from one claiming worker.
     assert len({row["claim_token"] for row in tokens}) == 6
     assert len({row["worker_id"] for row in tokens}) == 1
+    claimed_at = await store.pool.fetchval(
+        "SELECT count(DISTINCT at) FROM task_history WHERE event = 'claimed' AND task_id = ANY($1)",
+        ids,
+    )
+    assert claimed_at == 1  # one statement
     for task_id in ids:
         assert await events_of(store, task_id) == ["created", "claimed", "completed"]
     assert await publisher.queue_depth() == 0
@@ -237,12 +311,11 @@ async def test_an_idle_worker_takes_ids_waiting_behind_another_workers_long_task
             return all(w.broker is not None and w.broker.connected.is_set() for w in (one, three))
 
         await wait_until(connected, what="both workers consuming")
-        queue = enqueuer(store, fast, None)  # published below, as one message
-        ids = [await create(queue, user_id, "test_sleep", {"seconds": 1.5}) for _ in range(4)]
+        ids = await queued_and_dispatched(store, user_id, 4, task_type="test_sleep", seconds=1.5)
         assert await publisher.publish_ids(ids)
         # Whichever worker gets the message claims what its slots take and
         # holds the rest; the other, with free slots and no deliveries, takes
-        # those once they have been queued for a poll interval.
+        # those once they have been picked for a poll interval.
         await wait_until(all_in(store, ids, "done"), timeout=10)
 
         async def acked() -> bool:
@@ -255,8 +328,6 @@ async def test_an_idle_worker_takes_ids_waiting_behind_another_workers_long_task
         await store.pool.fetchval("SELECT array_agg(worker_id) FROM tasks WHERE id = ANY($1)", ids)
     )
     assert workers == {"one-slot": 1, "three-slots": 3}
-    for task_id in ids:
-        assert (await events_of(store, task_id)).count("claimed") == 1
 
 
 # ----- fencing and leases
@@ -266,15 +337,15 @@ async def test_a_worker_whose_lease_lapsed_cannot_finish_or_save(
     store: Store, fast: Settings, user_id: int
 ) -> None:
     [task_id] = await bulk_queued(store, user_id, 1)
-    [first] = await store.claim_queued_tasks([task_id], "worker-a", 30)
+    [first] = await claim(store, [task_id], "worker-a", 30)
     await store.pool.execute(
         "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1", task_id
     )
-    scheduler = Scheduler(fast, store, store, broker=None)
+    scheduler = Scheduler(fast, store, store, dispatcher=None)
     report = await scheduler.tick()
     assert report.rescued == 1
     assert report.promoted == 1
-    [second] = await store.claim_queued_tasks([task_id], "worker-b", 30)
+    [second] = await claim(store, [task_id], "worker-b", 30)
     assert second["claim_token"] != first["claim_token"]
     assert second["attempts"] == 2
 
@@ -315,14 +386,14 @@ async def test_rescue_fails_a_task_out_of_retries_and_quarantines_crashers(
     settings = make_settings(
         database, queue=queue_name, files=tmp_path, max_lease_crashes=2, **FAST
     )
-    scheduler = Scheduler(settings, store, store, broker=None)
+    scheduler = Scheduler(settings, store, store, dispatcher=None)
     no_retries = (
         await store.insert_tasks(user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 0, None)])
     )[0]["id"]
     crasher = (await bulk_queued(store, user_id, 1))[0]
 
     async def lose_lease(task_id: uuid.UUID) -> None:
-        await store.claim_queued_tasks([task_id], "doomed-worker", 30)
+        await claim(store, [task_id], "doomed-worker", 30)
         await store.pool.execute(
             "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
             task_id,
@@ -347,7 +418,7 @@ async def test_rescue_takes_at_most_its_batch_oldest_lease_first(
     store: Store, user_id: int
 ) -> None:
     ids = list(await bulk_queued(store, user_id, 3))
-    await store.claim_queued_tasks(ids, "doomed-worker", 30)
+    await claim(store, ids, "doomed-worker", 30)
     for age, task_id in zip((3, 1, 2), ids, strict=True):
         await store.pool.execute(
             "UPDATE tasks SET lease_expires_at = now() - make_interval(secs => $2) WHERE id = $1",
@@ -368,7 +439,7 @@ async def test_rescue_takes_at_most_its_batch_oldest_lease_first(
 async def test_heartbeat_keeps_a_long_task_alive(
     store: Store, fast: Settings, publisher: Broker, user_id: int
 ) -> None:
-    queue = enqueuer(store, fast, publisher)
+    queue = enqueuer(store, fast)
     task_id = await create(queue, user_id, "test_sleep", {"seconds": 3.5})  # lease is 2 s
     async with running_scheduler(fast), running_worker(fast):
         await wait_until(all_in(store, [task_id], "done"), timeout=15)
@@ -381,7 +452,7 @@ async def test_heartbeat_keeps_a_long_task_alive(
 async def test_transient_failures_retry_with_backoff_then_succeed(
     store: Store, fast: Settings, publisher: Broker, user_id: int
 ) -> None:
-    queue = enqueuer(store, fast, publisher)
+    queue = enqueuer(store, fast)
     task_id = await create(queue, user_id, "test_fail", {"kind": "transient", "times": 2})
     async with running_scheduler(fast), running_worker(fast):
         await wait_until(all_in(store, [task_id], "done"))
@@ -422,7 +493,7 @@ async def test_out_of_retries_permanent_errors_bugs_and_timeouts(
         task_timeout_seconds={"test_sleep": 0.3},
         **FAST,
     )
-    queue = enqueuer(store, settings, publisher)
+    queue = enqueuer(store, settings)
     exhausted = await create(queue, user_id, "test_fail", {"kind": "transient"}, max_retries=1)
     permanent = await create(queue, user_id, "test_fail", {"kind": "permanent"}, max_retries=5)
     bug = await create(queue, user_id, "test_fail", {"kind": "error", "times": 1})
@@ -451,7 +522,7 @@ async def test_out_of_retries_permanent_errors_bugs_and_timeouts(
 async def test_progress_is_saved_and_a_retry_resumes(
     store: Store, fast: Settings, publisher: Broker, user_id: int
 ) -> None:
-    queue = enqueuer(store, fast, publisher)
+    queue = enqueuer(store, fast)
     task_id = await create(queue, user_id, "test_progress", {"steps": 5, "fail_at": 2})
     async with running_scheduler(fast), running_worker(fast):
         await wait_until(all_in(store, [task_id], "done"))
@@ -467,7 +538,7 @@ async def test_cancelling_a_running_task_stops_its_handler(
 ) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    queue = enqueuer(store, fast, publisher)
+    queue = enqueuer(store, fast)
     task_id = await create(queue, user_id, "test_sleep", {"seconds": 60, "marks": str(marks)})
     async with running_worker(fast, concurrency=1) as worker:
         await wait_until(all_in(store, [task_id], "processing"))
@@ -504,7 +575,7 @@ async def test_postponed_tasks_run_when_due(
 ) -> None:
     from datetime import UTC, datetime
 
-    queue = enqueuer(store, fast, publisher)
+    queue = enqueuer(store, fast)
     run_at = datetime.now(UTC) + timedelta(milliseconds=700)
     task_id = await create(queue, user_id, "test_noop", {}, run_at=run_at)
     assert await status_of(store, task_id) == "postponed"
@@ -516,7 +587,7 @@ async def test_postponed_tasks_run_when_due(
 
 
 async def test_two_schedulers_promote_each_row_once(
-    store: Store, fast: Settings, publisher: Broker, user_id: int
+    store: Store, fast: Settings, user_id: int
 ) -> None:
     await store.pool.execute(
         """
@@ -526,34 +597,31 @@ async def test_two_schedulers_promote_each_row_once(
         """,
         user_id,
     )
-    schedulers = [Scheduler(fast, store, store, broker=publisher) for _ in range(2)]
+    schedulers = [Scheduler(fast, store, store, dispatcher=None) for _ in range(2)]
     for scheduler in schedulers:
         scheduler.batch = 37
     reports = await asyncio.gather(*(s.tick() for s in schedulers))
     assert sum(r.promoted for r in reports) == 500
     due = await store.pool.fetchval("SELECT count(*) FROM task_history WHERE event = 'due'")
     assert due == 500
-    published = await published_ids(fast.amqp_queue)
-    assert len(published) == 500
-    assert set(published) == set(await store.pool.fetchval("SELECT array_agg(id) FROM tasks"))
-    # Ids promoted together share messages, up to ids_per_message each.
-    assert await publisher.queue_depth() < 500
+    # Promoted is queued, no more: the dispatcher decides what is published.
+    assert await store.count_dispatched() == 0
 
 
-async def test_queued_rows_nobody_published_are_republished(
-    store: Store, fast: Settings, publisher: Broker, user_id: int
+async def test_ids_picked_but_never_claimed_are_published_again(
+    store: Store, fast: Settings, user_id: int
 ) -> None:
-    # As if the API died between its commit and its publish.
-    ids = await bulk_queued(store, user_id, 5)
-    await store.pool.execute("UPDATE tasks SET updated_at = now() - interval '1 minute'")
+    # As if their message was lost with RabbitMQ, or its worker died holding it.
+    ids = await queued_and_dispatched(store, user_id, 5)
+    await store.pool.execute("UPDATE dispatched_tasks SET dispatched_at = now() - interval '1 min'")
     async with running_scheduler(fast):
 
         async def published() -> bool:
             return sorted(await published_ids(fast.amqp_queue)) == sorted(ids)
 
-        await wait_until(published, what="republished")
+        await wait_until(published, what="published again")
         await asyncio.sleep(0.5)
-        assert sorted(await published_ids(fast.amqp_queue)) == sorted(ids)  # once, not every tick
+        assert sorted(await published_ids(fast.amqp_queue)) == sorted(ids)  # once, not every round
     async with running_worker(fast):
         await wait_until(all_in(store, ids, "done"))
 
@@ -564,7 +632,7 @@ async def test_queued_rows_nobody_published_are_republished(
 async def test_no_broker_workers_wake_on_notify(
     store: Store, no_broker: Settings, user_id: int
 ) -> None:
-    queue = enqueuer(store, no_broker, None)
+    queue = enqueuer(store, no_broker)
     async with running_worker(no_broker, concurrency=3) as worker:
         assert worker.broker is None
         ids = [await create(queue, user_id, "test_noop", {"n": i}) for i in range(30)]
@@ -614,9 +682,7 @@ async def test_claim_and_promotion_use_their_indexes_with_100k_finished_rows(
     )
     await store.pool.execute("ANALYZE tasks")
     plans = {
-        "claim next": ("tasks_queued_idx", CLAIM_NEXT_TASKS, [10, "w", 30.0, 0.0]),
-        "claim stale": ("tasks_queued_idx", CLAIM_NEXT_TASKS, [10, "w", 30.0, 2.0]),
-        "claim ids": ("tasks_pkey", CLAIM_QUEUED_TASKS, [[uuid.uuid4()], "w", 30.0]),
+        "claim ids": ("tasks_pkey", CLAIM_QUEUED_TASKS, [[uuid.uuid4()], "w", 30.0, 1]),
         "promote": ("tasks_due_idx", PROMOTE_DUE_TASKS, [100]),
     }
     for name, (index, sql, args) in plans.items():
@@ -628,8 +694,15 @@ async def test_claim_and_promotion_use_their_indexes_with_100k_finished_rows(
     # The rescue rule is a SQL function, which EXPLAIN does not look into:
     # auto_explain reports the plans of the statements inside it instead.
     plans_inside = await _nested_plans(store, RESCUE_EXPIRED_LEASES, [100, 3])
-    assert "tasks_lease_idx" in str(plans_inside), f"rescue does not use it: {plans_inside}"
+    # Either partial index of processing rows serves it; never a scan of tasks.
+    assert "tasks_lease_idx" in str(plans_inside) or "tasks_processing_user_idx" in str(
+        plans_inside
+    ), f"rescue does not use an index of processing rows: {plans_inside}"
     assert "tasks" not in _seq_scans(plans_inside), f"rescue scans tasks: {plans_inside}"
+    # The fair pick walks each user's queued tasks in their index.
+    pick = await _nested_plans(store, "SELECT * FROM taskflow_fair_pick($1, 0, '{}', 0)", [10])
+    assert "tasks_queued_user_idx" in str(pick), f"the pick does not use it: {pick}"
+    assert "tasks" not in _seq_scans(pick), f"the pick scans tasks: {pick}"
 
 
 async def test_statements_by_id_probe_the_primary_key_whatever_the_statistics(
@@ -643,15 +716,15 @@ async def test_statements_by_id_probe_the_primary_key_whatever_the_statistics(
     tasks_lease_idx (dead entries included) for every finish and heartbeat.
     """
     finished = await bulk_queued(store, user_id, 5000)
-    claimed = await store.claim_queued_tasks(finished, "w", 30)
+    claimed = await claim(store, finished, "w", 30)
     await finish(store, *(Outcome(row["id"], row["claim_token"], "done") for row in claimed))
     await store.pool.execute("ANALYZE tasks")
     fresh = await bulk_queued(store, user_id, 50)
-    held = await store.claim_queued_tasks(fresh[:25], "w", 30)
+    held = await claim(store, fresh[:25], "w", 30)
     ids, tokens = [row["id"] for row in held], [row["claim_token"] for row in held]
     n = len(held)
     statements = {
-        "claim": (CLAIM_QUEUED_TASKS, [fresh[25:], "w", 30.0]),
+        "claim": (CLAIM_QUEUED_TASKS, [fresh[25:], "w", 30.0, 8]),
         "finish": (
             FINISH_PROCESSING_TASKS,
             [
@@ -664,6 +737,7 @@ async def test_statements_by_id_probe_the_primary_key_whatever_the_statistics(
                 [None] * n,
                 2000,
                 600000,
+                [0.001] * n,
             ],
         ),
         "heartbeat": (EXTEND_LEASES, ["w", ids, tokens, 30.0]),
@@ -748,7 +822,7 @@ async def test_scheduler_prunes_old_history_and_old_finished_tasks(
     await store.pool.execute(
         "UPDATE tasks SET finished_at = now() - interval '61 days' WHERE id = $1", old
     )
-    scheduler = Scheduler(settings, store, store, broker=None)
+    scheduler = Scheduler(settings, store, store, dispatcher=None)
     report = await scheduler.tick()  # the first tick prunes
     assert report.pruned >= 3
     assert await store.pool.fetchval("SELECT count(*) FROM tasks WHERE id = $1", old) == 0
@@ -760,34 +834,57 @@ async def test_scheduler_prunes_old_history_and_old_finished_tasks(
     assert await events_of(store, recent) == []
 
 
-async def test_publishers_notify_postgres_only_when_the_broker_misses(
-    database: str, fast: Settings, user_id: int
+async def test_a_statement_that_queues_tasks_rings_once(
+    database: str, fast: Settings, store: Store, user_id: int
 ) -> None:
+    """NOTIFY taskflow_queued wakes the dispatchers and idle workers: once per
+    statement that queues tasks, not once per task (a NOTIFY serialises its
+    transaction's commit), and not for a statement that queues nothing."""
     heard: list[str] = []
     listener = await connect(database)
-    await listener.add_listener("taskflow_queued", lambda *args: heard.append(args[2]))
-    quiet = await Store.open(database, notify_queued=False)
-    registry = build_registry(fast)
+    await listener.add_listener("taskflow_queued", lambda *args: heard.append(args[3]))
     try:
-        # With a live broker the insert itself stays silent: no database-wide
-        # notify lock on the enqueue path.
-        up = Broker(AMQP_URL, fast.amqp_queue)
-        up.start()
-        assert await up.wait_connected(5)
-        try:
-            await create(Enqueuer(quiet, registry, up), user_id, "test_noop", {})
-        finally:
-            await up.close()
+        await bulk_queued(store, user_id, 500)
+        await store.insert_tasks(user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 3, None)])
+        await store.pool.execute(
+            "INSERT INTO tasks (id, user_id, type, payload, status, run_at) VALUES "
+            "(gen_random_uuid(), $1, 'test_noop', '{}', 'postponed', now() + interval '1 h')",
+            user_id,
+        )
+
+        async def rang_twice() -> bool:
+            return len(heard) >= 2
+
+        await wait_until(rang_twice, timeout=5, what="two NOTIFYs")
         await asyncio.sleep(0.3)
-        assert heard == []
-        # A broker that cannot be reached: the enqueuer rings Postgres instead.
-        down = Broker("amqp://guest:guest@127.0.0.1:1/", fast.amqp_queue)
-        await create(Enqueuer(quiet, registry, down), user_id, "test_noop", {})
-
-        async def rang() -> bool:
-            return heard == ["taskflow_queued"]
-
-        await wait_until(rang, timeout=5, what="a NOTIFY after the failed publish")
+        assert heard == ["", ""]
     finally:
-        await quiet.close()
         await listener.close()
+
+
+async def test_scheduler_removes_stale_temporary_files_only(
+    no_broker: Settings, store: Store
+) -> None:
+    """Writers that crashed leave hidden .tmp- files in user areas; a tick
+    removes those older than temporary_file_max_age_seconds and nothing else."""
+    base = no_broker.base_file_path
+    old = time.time() - no_broker.temporary_file_max_age_seconds - 60
+    stale, kept = [], []
+    for user in ("1", "2", "30", "400"):
+        area = base / user
+        area.mkdir(parents=True)
+        crashed = area / ".tmp-crashed"
+        crashed.write_bytes(b"partial")
+        os.utime(crashed, (old, old))
+        stale.append(crashed)
+        writing = area / ".tmp-writing"  # a write in progress
+        writing.write_bytes(b"fresh")
+        finished = area / "old-file.bin"  # a user's file, however old
+        finished.write_bytes(b"mine")
+        os.utime(finished, (old, old))
+        kept += [writing, finished]
+    scheduler = Scheduler(no_broker, store, store, dispatcher=None)
+    report = await scheduler.tick()
+    assert report.temporary_files_removed == len(stale)
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept)

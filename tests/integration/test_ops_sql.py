@@ -34,7 +34,7 @@ from tests.integration.ops_helpers import (
     subprocess_env,
     write_config,
 )
-from tests.stores import Store
+from tests.stores import Store, claim
 
 OPS_SQL = REPO_ROOT / "ops" / "sql"
 MIGRATIONS = REPO_ROOT / "db" / "migrations"
@@ -404,7 +404,7 @@ async def test_requeue_stuck_does_what_the_scheduler_rescue_does(
     )
     by_scheduler, by_operator, still_leased = (row["id"] for row in twins)
     for task_id in (by_scheduler, by_operator, still_leased):
-        await store.claim_queued_tasks([task_id], "ghost-worker", 30)
+        await claim(store, [task_id], "ghost-worker", 30)
 
     await expire_lease(store, by_scheduler)
     assert len(await store.rescue_expired_leases(100, max_lease_crashes)) == 1
@@ -574,7 +574,7 @@ async def test_prune_expired_deletes_old_finished_tasks_in_batches(
         """
     )
     holding = await create(store, fast, user_id, "test_noop", {})
-    await store.claim_queued_tasks([holding], "gone-holding", 30)
+    await claim(store, [holding], "gone-holding", 30)
 
     report = await prune_expired(store, 30, batch_size=3)
     assert (report.tasks, report.workers) == (7, 1)

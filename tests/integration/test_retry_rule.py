@@ -16,7 +16,7 @@ import pytest
 from taskflow.models import TaskStatus
 from taskflow.store.engine import Outcome
 from tests.conftest import new_user
-from tests.stores import Store, finish
+from tests.stores import Store, claim, finish
 
 MAX_LEASE_CRASHES = 3
 # (attempts, max_retries, lease_crashes): attempts of a running task run from 1
@@ -116,7 +116,7 @@ async def test_the_claim_tells_the_handler_whether_this_is_its_last_attempt(
         [a for a, _ in cases],
         [m for _, m in cases],
     )
-    claimed = {row["id"]: row for row in await store.claim_queued_tasks(ids, "w", 30)}
+    claimed = {row["id"]: row for row in await claim(store, ids, "w", 30)}
     for task_id, (before, max_retries) in zip(ids, cases, strict=True):
         attempt = before + 1
         last = expected_after_error(attempt, max_retries, permanent=False) is TaskStatus.FAILED

@@ -61,7 +61,7 @@ async def test_a_hostile_email_does_not_stall_its_worker_or_run_twice(
     names = [f"part{i:02}.bin" for i in range(20)]
     for name in names:
         files.write_atomic(name, bytes([len(name)]) * ATTACHMENT_BYTES)
-    queue = Enqueuer(store, build_registry(settings), None)
+    queue = Enqueuer(store, build_registry(settings))
 
     async def status(task_id: uuid.UUID) -> str:
         value: str = await store.pool.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)

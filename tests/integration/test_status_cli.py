@@ -29,7 +29,7 @@ from tests.integration.ops_helpers import (
     subprocess_env,
     write_config,
 )
-from tests.stores import Store
+from tests.stores import Store, claim
 
 
 @dataclass
@@ -189,7 +189,7 @@ async def test_status_warns_about_stuck_tasks_and_no_live_worker(
         user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 3, None) for _ in range(3)]
     )
     stuck = rows[0]["id"]
-    await store.claim_queued_tasks([stuck], "ghost-worker", 30)
+    await claim(store, [stuck], "ghost-worker", 30)
     await expire_lease(store, stuck)
 
     result = await cli("status")

@@ -12,6 +12,7 @@ import pytest
 
 from taskflow.broker import MAX_IDS_PER_MESSAGE, Broker, decode_ids, encode_ids
 from taskflow.handlers import build_registry
+from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore
 from taskflow.store.pool import Listener
 from taskflow.worker.process import LISTEN_CHANNELS, Worker
@@ -103,6 +104,7 @@ async def test_a_task_claimed_ahead_waits_and_a_cancel_keeps_it_from_starting(
         settings,
         build_registry(settings),
         EngineStore(None),  # type: ignore[arg-type]
+        DispatchStore(None),  # type: ignore[arg-type]
         broker=None,
         listener=Listener("postgresql://unused/db", LISTEN_CHANNELS, name="unused"),
         worker_id="unit",
