@@ -13,18 +13,25 @@ Run from the repository root, in the harness's own virtualenv (see
 
 ``--adapter`` takes a *module* path (``importlib.import_module``; the current
 directory is put on ``sys.path``), so it is ``ops.bench.peers_adapter``, not
-the file name. ``ops`` has no ``__init__.py``: it is found as a namespace package.
+the file name. ``ops`` has no ``__init__.py``: it is found as a namespace package,
+and ``ops.bench`` is a package that imports nothing when it is loaded.
 
-What runs is TaskFlow's real code: the producer is ``Enqueuer`` (insert, then
-publish the ids with publisher confirms through ``Broker``); each worker process
-runs ``taskflow.worker.Worker`` with ``concurrency = --slots`` on uvloop, with a
-``bench_noop`` handler that calls the harness's ``Reporter.hit(seq)`` first thing.
+What runs is TaskFlow's real code: the producer is ``Enqueuer`` (one INSERT
+per call, durable at return; its NOTIFY wakes the dispatcher and idle
+workers); a ``taskflow scheduler`` process, started with the workers, is the
+dispatcher that publishes a fair window of ids through RabbitMQ; each worker
+process runs ``taskflow.worker.process.Worker`` with ``concurrency = --slots``
+on uvloop, with a ``bench_noop`` handler that calls the harness's
+``Reporter.hit(seq)`` first thing. The scheduler's CPU counts as the harness's
+(it is the harness's child).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,9 +63,32 @@ def _settings(database: str) -> Any:
     )
 
 
+def _scheduler_env(database: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKFLOW_", "AMQP_"))}
+    env.update(
+        DATABASE_URL=peers.pg_url_for(database),
+        AMQP_URL=peers.AMQP_URL,
+        AMQP_QUEUE=QUEUE,
+        TASKFLOW_ENV_FILE="/nonexistent/.env",
+        TASKFLOW_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    return env
+
+
+def _start_scheduler(database: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "taskflow", "scheduler"],
+        env=_scheduler_env(database),
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def _registry(reporter: Any) -> Any:
     """Only the bench type: its handler reports through the harness's Reporter."""
-    from taskflow.bench.plugin import BenchPayload
+    from ops.bench.plugin import BenchPayload
     from taskflow.handlers import Registry, TaskContext, TaskType
 
     async def bench_noop(payload: BenchPayload, ctx: TaskContext) -> None:
@@ -99,17 +129,16 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
         settings = _settings(self.pg_db)
         dsn = settings.database_url.get_secret_value()
         await apply_migrations(dsn)
-        # It publishes the ids, so, as the API does, its inserts do not NOTIFY.
-        self.store = await Store.open(
-            dsn, min_size=1, max_size=2, application_name="peers", notify_queued=False
-        )
+        self.store = await Store.open(dsn, min_size=1, max_size=2, application_name="peers")
         # A task belongs to a user; the harness is that user.
         self.user_id = await self.store.insert_user("peers@example.com", "not-a-password-hash")
+        # Connecting declares the queue the workers consume.
         self.broker = Broker(settings.amqp_url.get_secret_value(), QUEUE, name="peers-producer")
         self.broker.start()
         if not await self.broker.wait_connected(10):
             raise RuntimeError("RabbitMQ is unreachable")
-        self.enqueuer = Enqueuer(self.store, _registry(None), self.broker)
+        self.enqueuer = Enqueuer(self.store, _registry(None))
+        self.scheduler = await asyncio.to_thread(_start_scheduler, self.pg_db)
 
     async def enqueue_bulk(self, seqs: list[int]) -> None:
         from taskflow.models import TaskCreate
@@ -125,6 +154,14 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
 
     async def stop(self) -> None:
         await self.stop_workers()
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.terminate()
+            try:
+                scheduler.wait(15)
+            except subprocess.TimeoutExpired:
+                scheduler.kill()
+            self.scheduler = None
         if getattr(self, "broker", None) is not None:
             await self.broker.close()
             self.broker = None

@@ -1,8 +1,9 @@
-"""`taskflow bench --repeat N`: the summary of several runs."""
+"""`taskflow bench --repeat N` (ops/bench): the summary of several runs."""
 
 from __future__ import annotations
 
-from taskflow.bench.run import BenchOptions, Report, render_summary
+from ops.bench.options import BenchOptions
+from ops.bench.report import Report, render_summary
 
 
 def _report(drain: float, p99: float, failures: list[str] | None = None) -> Report:

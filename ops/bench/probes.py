@@ -1,4 +1,4 @@
-"""What ``taskflow bench`` measures with: handler starts reported by the
+"""What the bench measures with: handler starts reported by the
 workers, CPU time per process group from ``/proc``, and percentiles."""
 
 from __future__ import annotations

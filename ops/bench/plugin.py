@@ -1,7 +1,9 @@
 """The ``bench_noop`` task type: a handler that only reports when it started.
 
-Loaded like any user plugin, ``TASKFLOW_PLUGINS=taskflow.bench.plugin:TASK_TYPES``,
-so the product's built-in types stay the three of the spec.
+Loaded like any user plugin, ``TASKFLOW_PLUGINS=ops.bench.plugin:TASK_TYPES``,
+so the product's built-in types stay the three of the spec. The workers find
+``ops`` through the repository root on their ``PYTHONPATH`` (the bench's stack
+puts it there).
 
 At handler start it sends ``<seq> <time.monotonic_ns()>\\n`` over TCP to
 ``$BENCH_REPORT_ADDR`` (``host:port``): the line protocol of the shared

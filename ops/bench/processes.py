@@ -1,11 +1,13 @@
 """The bench's subprocesses: ``python -m taskflow <component>``, each with its
-own log file, stopped gracefully and, whatever happens, never left behind."""
+own log file, stopped gracefully and, whatever happens, never left behind; and
+py-spy recording a worker (``--pyspy S``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ctypes
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,3 +84,32 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def find_pyspy() -> Path | None:
+    """py-spy on the PATH or beside this interpreter (the virtualenv's bin)."""
+    executable = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return Path(executable) if Path(executable).exists() else None
+
+
+def record_profile(
+    executable: Path, pid: int, seconds: float, logs: Path, phase: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """py-spy sampling one process for ``seconds``; returns it and its output file."""
+    out = logs / f"pyspy-{phase}-{pid}.txt"
+    with (logs / f"pyspy-{phase}-{pid}.log").open("ab") as log_file:
+        process = subprocess.Popen(  # noqa: S603 - py-spy on our own worker
+            [
+                str(executable),
+                "record",
+                *("--pid", str(pid)),
+                *("--duration", str(max(1, round(seconds)))),
+                *("--rate", "200"),
+                *("--format", "raw"),
+                "--nonblocking",
+                *("--output", str(out)),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return process, out
