@@ -2,13 +2,16 @@
 
 Every number comes from TaskFlow's own code paths (``Enqueuer``, the REST
 API, ``Worker``), on the stack of ``stack.py``. Phases, in order (workers run
-only during the drains):
+only during the drains and the fairness phase):
 
 1. Drain (``drain.py``, then ``latency.py``): bulk enqueue, the drain of the
    queue, enqueue->start latency on the idle system, Postgres cost per task.
 2. Backlog (``backlog.py``; ``--backlog N``, 0 skips): N tasks inserted and
    published, then drained the same way.
-3. REST (``rest.py``; unless ``--skip-rest``), workers stopped.
+3. Fairness (``fairness.py``; unless ``--skip-fairness``): a second user's
+   tasks started while the first one's backlog drains, and the first one's
+   throughput meanwhile.
+4. REST (``rest.py``; unless ``--skip-rest``), workers stopped.
 
 Handler starts arrive over TCP from the plugin (``$BENCH_REPORT_ADDR``), each
 stamped with ``time.monotonic_ns()`` in the worker: one clock for the host.
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from ops.bench.backlog import run_backlog
 from ops.bench.drain import run_drain
+from ops.bench.fairness import run_fairness
 from ops.bench.options import BenchOptions
 from ops.bench.report import Report, render_summary, render_table
 from ops.bench.rest import run_rest
@@ -44,17 +48,25 @@ async def run_phases(stack: Stack, report: Report) -> Report:
         await run_drain(stack, report)
         if stack.options.backlog > 0:
             await run_backlog(stack, report)
-            # The drained backlog's dead row versions, cleaned now rather than by an
-            # autovacuum that would compete with the REST phase for the CPUs.
-            print("  VACUUM ANALYZE of the drained backlog", flush=True)
-            started = time.perf_counter()
-            await stack.sql("VACUUM ANALYZE")
-            print(f"  vacuumed in {time.perf_counter() - started:.1f} s", flush=True)
+            await _vacuum(stack, "the drained backlog")
+        if not stack.options.skip_fairness:
+            await run_fairness(stack, report)
+            if not stack.options.skip_rest:
+                await _vacuum(stack, "the fairness phase's tasks")
         if not stack.options.skip_rest:
             await run_rest(stack, report)
     finally:
         await stack.close()
     return report
+
+
+async def _vacuum(stack: Stack, what: str) -> None:
+    # Dead row versions cleaned now rather than by an autovacuum that would
+    # compete with the next phase for the CPUs.
+    print(f"  VACUUM ANALYZE of {what}", flush=True)
+    started = time.perf_counter()
+    await stack.sql("VACUUM ANALYZE")
+    print(f"  vacuumed in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def _run_loop(main: Callable[[], Awaitable[Report]]) -> Report:

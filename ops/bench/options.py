@@ -25,6 +25,13 @@ class BenchOptions:
     latency_samples: int = 500
     rest_requests: int = 2000
     skip_rest: bool = False
+    skip_fairness: bool = False
+    # The fairness phase (no flags of their own; --quick shrinks them): user A's
+    # backlog at least this large, user B trickling for this long, and the
+    # fixed handler time of its second run.
+    fairness_backlog: int = 20_000
+    fairness_seconds: float = 10.0
+    fairness_sleep_ms: int = 50
     drain_timeout_seconds: float = 600.0
     pyspy_seconds: float = 0.0
     json_path: Path | None = None
@@ -50,6 +57,10 @@ class BenchOptions:
             latency_samples=pick("latency_samples", 500, 200),
             rest_requests=pick("rest_requests", 2000, 500),
             skip_rest=bool(getattr(args, "skip_rest", False)),
+            skip_fairness=bool(getattr(args, "skip_fairness", False)),
+            fairness_backlog=pick("fairness_backlog", 20_000, 2000),
+            fairness_seconds=pick("fairness_seconds", 10.0, 2.0),
+            fairness_sleep_ms=pick("fairness_sleep_ms", 50, 50),
             drain_timeout_seconds=pick("drain_timeout", 600.0, 120.0),
             pyspy_seconds=pick("pyspy", 0.0, 0.0),
             json_path=Path(args.json) if getattr(args, "json", None) else None,

@@ -10,7 +10,9 @@ At handler start it sends ``<seq> <time.monotonic_ns()>\\n`` over TCP to
 harness's Reporter (``../shared/bench/peers.py``). CLOCK_MONOTONIC is one clock
 for every process on the host, so the bench can subtract its own enqueue time
 from the worker's start time. Without ``BENCH_REPORT_ADDR`` the handler is a
-plain no-op.
+plain no-op. With ``sleep_ms`` it then takes that long, for a phase whose
+handlers must occupy their slots (the fairness phase's "one handler's
+duration").
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class BenchPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seq: Annotated[int, Field(ge=0, le=2**62)]
+    # Well inside the type's 30 s timeout.
+    sleep_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
 
 
 class StartReporter:
@@ -115,6 +119,8 @@ def _get_reporter() -> StartReporter:
 async def bench_noop(payload: BenchPayload, ctx: TaskContext) -> None:
     started_ns = time.monotonic_ns()  # first thing: this is the "handler start"
     await _get_reporter().report(payload.seq, started_ns)
+    if payload.sleep_ms:
+        await asyncio.sleep(payload.sleep_ms / 1000)
 
 
 TASK_TYPE = TaskType(
@@ -122,6 +128,9 @@ TASK_TYPE = TaskType(
     BenchPayload,
     bench_noop,
     timeout_seconds=30,
-    description="Benchmark no-op: reports its start time to $BENCH_REPORT_ADDR.",
+    description=(
+        "Benchmark no-op: reports its start time to $BENCH_REPORT_ADDR, "
+        "then sleeps sleep_ms (default 0)."
+    ),
 )
 TASK_TYPES = [TASK_TYPE]

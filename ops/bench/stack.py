@@ -210,7 +210,7 @@ class Stack:
         await self._wait_ready(api)
         if not scheduler.alive():
             raise RuntimeError(f"the scheduler exited at start:\n{scheduler.tail()}")
-        await self._register_user()
+        self.user_id, self.token = await self.register_user()
 
     async def _open_store(self) -> Store:
         return await Store.open(
@@ -251,7 +251,8 @@ class Stack:
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"the API was not ready within {timeout:g}s:\n{api.tail()}")
 
-    async def _register_user(self) -> None:
+    async def register_user(self) -> tuple[int, str]:
+        """A new user through the API, as anyone registers: its id and token."""
         email = f"bench-{secrets.token_hex(6)}@example.com"
         password = secrets.token_urlsafe(24)
         async with httpx.AsyncClient(base_url=self.api_url, timeout=30) as client:
@@ -259,10 +260,10 @@ class Stack:
                 "/api/register", json={"email": email, "password": password}
             )
             response.raise_for_status()
-            self.user_id = int(response.json()["user_id"])
+            user_id = int(response.json()["user_id"])
             response = await client.post("/api/login", json={"email": email, "password": password})
             response.raise_for_status()
-            self.token = str(response.json()["token"])
+            return user_id, str(response.json()["token"])
 
     async def environment(self) -> dict[str, Any]:
         connection = await connect(self.dsn, application_name="taskflow-bench")

@@ -6,6 +6,7 @@ assertions)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,6 +36,15 @@ EXPECTED_METRICS = {
     "pg_row_writes_per_task",
     "pg_commits_per_task",
     "pg_wal_bytes_per_task",
+}
+FAIRNESS_RUNS = ("short", "sleep")
+FAIRNESS_METRICS = {
+    *(
+        f"fairness_{run}_{name}"
+        for run in FAIRNESS_RUNS
+        for name in ("b_p50_ms", "b_p99_ms", "b_max_ms", "a_tasks_per_s")
+    ),
+    "fairness_short_a_to_drain_ratio",
 }
 
 
@@ -93,7 +103,7 @@ async def test_quick_bench_reports_every_metric_and_cleans_up(tmp_path: Path) ->
     document = json.loads(out.read_text())
 
     metrics = document["metrics"]
-    assert set(metrics) == EXPECTED_METRICS
+    assert set(metrics) == EXPECTED_METRICS | FAIRNESS_METRICS
     for name, value in metrics.items():
         assert isinstance(value, int | float), (name, value)
         assert value > 0, (name, value)
@@ -106,6 +116,40 @@ async def test_quick_bench_reports_every_metric_and_cleans_up(tmp_path: Path) ->
     )
     assert "| drain of 2000 queued tasks |" in result.stdout
 
+    # The fairness phase: every one of B's tasks started while A's backlog
+    # was being drained, and each number is one (no speed is asserted).
+    for run in FAIRNESS_RUNS:
+        fairness = document["details"][f"fairness_{run}"]
+        assert fairness["b_started"] == fairness["b_sent"] >= 10, fairness
+        assert fairness["a_starts_in_window"] > 0, fairness
+        assert fairness["duplicates"] == 0, fairness
+        p50, p99, most = (metrics[f"fairness_{run}_b_{name}_ms"] for name in ("p50", "p99", "max"))
+        assert all(math.isfinite(value) for value in (p50, p99, most)), (p50, p99, most)
+        assert 0 < p50 <= p99 <= most
+        assert metrics[f"fairness_{run}_a_tasks_per_s"] > 0
+    assert document["details"]["fairness_sleep"]["sleep_ms"] == 50
+    assert "| B's create->start while A floods, short handlers |" in result.stdout
+    assert "target: B p99 <= 1 s + one handler" in result.stdout
+
     assert document["database"].startswith("taskflow_bench_")
     assert not await database_exists(document["database"])
     assert not await queue_exists(document["queue"])
+
+
+async def test_skip_fairness_leaves_the_phase_out(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    command = ["bench", "--quick", "--backlog", "0", "--skip-rest", "--skip-fairness"]
+    result = subprocess.run(
+        [sys.executable, "-m", "taskflow", *command, "--json", str(out)],
+        env=bench_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    document = json.loads(out.read_text())
+    assert "drain_tasks_per_s" in document["metrics"]
+    assert not [name for name in document["metrics"] if name.startswith("fairness_")]
+    assert "# fairness" not in result.stdout
+    assert not await database_exists(document["database"])
