@@ -1,4 +1,5 @@
-"""Logging: one JSON object per line by default, written off the event loop.
+"""Logging: one JSON object per line, or text for a person at a terminal,
+written off the event loop.
 
 Messages are constant strings; context goes in ``extra`` with stable keys
 (``event``, ``task_id``, ``task_type``, ``attempt``, ``worker_id``,
@@ -17,7 +18,7 @@ import sys
 import threading
 import traceback
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -143,14 +144,27 @@ _records: queue.SimpleQueue[logging.LogRecord | None] | None = None
 _stream: logging.StreamHandler[Any] | None = None
 
 
-def setup_logging(component: str, *, level: str = "INFO", log_format: str = "json") -> None:
+def choose_log_format(configured: str | None, stream: TextIO) -> str:
+    """The format asked for; if none, text for a person reading a terminal and
+    JSON for whatever else reads the stream (a supervisor, a pipe, a file)."""
+    if configured:
+        return configured
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # no fileno, or already closed
+        return "json"
+
+
+def setup_logging(component: str, *, level: str = "INFO", log_format: str | None = None) -> None:
     """Route every record through a queue to a thread that writes stderr, so a
-    slow terminal or pipe never blocks the event loop."""
+    slow terminal or pipe never blocks the event loop. ``log_format`` None:
+    see :func:`choose_log_format`."""
     global _writer, _records, _stream
     stop_logging()
     stream: logging.StreamHandler[Any] = logging.StreamHandler(sys.stderr)
     _stream = stream
-    stream.setFormatter(JsonFormatter(component) if log_format == "json" else TextFormatter())
+    chosen = choose_log_format(log_format, sys.stderr)
+    stream.setFormatter(JsonFormatter(component) if chosen == "json" else TextFormatter())
     records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
     root = logging.getLogger()
     root.handlers[:] = [_RecordQueueHandler(records)]

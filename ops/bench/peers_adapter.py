@@ -176,7 +176,7 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
     def worker_main(cls, rep: Any, slots: int) -> None:
         import uvloop
 
-        from taskflow.cli import tune_gc
+        from taskflow.cli.startup import tune_gc
         from taskflow.runtime import worker_runtime
 
         settings = _settings(cls.pg_db)

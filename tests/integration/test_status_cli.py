@@ -1,5 +1,5 @@
-"""`taskflow status` and `taskflow tasks show`, run as subprocesses against the
-test database after the real engine made the data."""
+"""`taskflow status` and `taskflow tasks show|retry|cancel`, run as
+subprocesses against the test database after the real engine made the data."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ async def user_id(store: Store) -> int:
 def cli(database: str, tmp_path: Path) -> Any:
     # lease_seconds 2: the CLI then calls a worker dead after 6 s of silence.
     config = write_config(tmp_path, lease_seconds=2)
-    env = subprocess_env(database, config, tmp_path / "files")
+    # The login a change by hand is recorded under (cli:<login>).
+    env = {**subprocess_env(database, config, tmp_path / "files"), "LOGNAME": "ops-alice"}
 
     async def run(*args: str, dsn: str | None = None) -> Run:
         # Not subprocess.run: in-process workers must keep heartbeating meanwhile.
@@ -251,5 +252,88 @@ async def test_tasks_show_refuses_unknown_and_malformed_ids(cli: Any) -> None:
 
 async def test_status_without_postgres_says_so(cli: Any) -> None:
     result = await cli("status", dsn="postgresql://nobody@127.0.0.1:1/none")
-    assert result.code == 3
+    assert result.code == 4
     assert "cannot connect to Postgres" in result.stderr
+
+
+async def test_status_check_exits_1_while_there_is_a_warning(store: Store, cli: Any) -> None:
+    for args in (["status", "--check"], ["status", "--check", "--json"]):
+        calm = await cli(*args)
+        assert (calm.code, calm.stderr) == (0, ""), calm
+    assert calm.json()["warnings"] == []
+
+    user_id = await new_user(store)
+    [row] = await store.insert_tasks(user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 3, None)])
+    await claim(store, [row["id"]], "ghost-worker", 30)
+    await expire_lease(store, row["id"])
+
+    warned = await cli("status", "--check")
+    assert (warned.code, warned.stderr) == (1, "")
+    assert "WARNING: 1 task(s) processing past their lease" in warned.stdout
+    as_json = await cli("status", "--check", "--json")
+    assert as_json.code == 1
+    assert len(as_json.json()["warnings"]) == 1
+    without_check = await cli("status")
+    assert without_check.code == 0  # a report, not a check, unless asked
+
+
+async def history_of(store: Store, task_id: uuid.UUID) -> list[tuple[str, str, str]]:
+    rows = await store.pool.fetch(
+        "SELECT event, to_status::text, actor FROM task_history WHERE task_id = $1 ORDER BY id",
+        task_id,
+    )
+    return [(row["event"], row["to_status"], row["actor"]) for row in rows]
+
+
+async def test_tasks_cancel_and_retry_by_hand_are_recorded_as_the_operator(
+    store: Store, user_id: int, cli: Any
+) -> None:
+    [row] = await store.insert_tasks(user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 3, None)])
+    task_id = row["id"]
+
+    cancelled = await cli("tasks", "cancel", str(task_id), "--reason", "sent twice")
+    assert (cancelled.code, cancelled.stderr) == (0, ""), cancelled
+    assert cancelled.stdout == f"task {task_id} is now cancelled (by cli:ops-alice)\n"
+    task = await store.pool.fetchrow("SELECT status, last_error FROM tasks WHERE id = $1", task_id)
+    assert (task["status"], task["last_error"]) == ("cancelled", "sent twice")
+
+    retried = await cli("tasks", "retry", str(task_id), "--json")
+    assert (retried.code, retried.stderr) == (0, ""), retried
+    shown = retried.json()
+    assert (shown["id"], shown["status"], shown["attempts"]) == (str(task_id), "queued", 0)
+
+    assert (await history_of(store, task_id))[1:] == [
+        ("cancelled", "cancelled", "cli:ops-alice"),
+        ("retried", "queued", "cli:ops-alice"),
+    ]
+    report = (await cli("tasks", "show", str(task_id), "--json")).json()
+    assert [h["actor"] for h in report["history"]][1:] == ["cli:ops-alice", "cli:ops-alice"]
+
+
+async def test_tasks_retry_and_cancel_refuse_what_the_status_forbids(
+    store: Store, user_id: int, cli: Any
+) -> None:
+    [row] = await store.insert_tasks(user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 3, None)])
+    task_id = row["id"]
+    before = await history_of(store, task_id)
+
+    not_finished = await cli("tasks", "retry", str(task_id))
+    assert (not_finished.code, not_finished.stdout) == (1, "")
+    assert not_finished.stderr == (
+        f"taskflow: task {task_id} is queued: only cancelled or failed tasks can be retried; "
+        "nothing changed\n"
+    )
+
+    assert (await cli("tasks", "cancel", str(task_id))).code == 0
+    again = await cli("tasks", "cancel", str(task_id), "--reason", "twice")
+    assert (again.code, again.stdout) == (1, "")
+    assert again.stderr == f"taskflow: task {task_id} is already cancelled; nothing changed\n"
+    task = await store.pool.fetchrow("SELECT status, last_error FROM tasks WHERE id = $1", task_id)
+    assert (task["status"], task["last_error"]) == ("cancelled", None)
+    assert len(await history_of(store, task_id)) == len(before) + 1
+
+    missing = uuid.uuid4()
+    for command in ("retry", "cancel", "show"):
+        unknown = await cli("tasks", command, str(missing))
+        assert (unknown.code, unknown.stdout) == (1, "")
+        assert unknown.stderr == f"taskflow: no task {missing}\n"

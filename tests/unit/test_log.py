@@ -1,9 +1,12 @@
-"""Log lines: JSON by default, written by a thread, secrets redacted."""
+"""Log lines: JSON, or text for a terminal, written by a thread, secrets redacted."""
 
 from __future__ import annotations
 
 import logging
+import os
+import pty
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -72,3 +75,32 @@ def test_text_format_and_writing_directly_after_stop(capsys: pytest.CaptureFixtu
     text = capsys.readouterr().err
     assert "DEBUG   taskflow.test: claimed [task_id=t1]" in text
     assert text.rstrip().endswith("last words [event=stopped]")
+
+
+def test_the_format_follows_the_terminal_unless_one_is_configured(tmp_path: Path) -> None:
+    leader, follower = pty.openpty()
+    read_end, write_end = os.pipe()
+    with (
+        os.fdopen(follower, "w") as terminal,
+        os.fdopen(write_end, "w") as pipe,
+        (tmp_path / "log").open("w") as file,
+    ):
+        assert taskflow_log.choose_log_format(None, terminal) == "text"
+        assert taskflow_log.choose_log_format(None, pipe) == "json"
+        assert taskflow_log.choose_log_format(None, file) == "json"
+        assert taskflow_log.choose_log_format("json", terminal) == "json"
+        assert taskflow_log.choose_log_format("text", pipe) == "text"
+    assert taskflow_log.choose_log_format(None, terminal) == "json"  # closed: no terminal
+    os.close(leader)
+    os.close(read_end)
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_unconfigured_logging_writes_json_where_no_person_reads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    taskflow_log.setup_logging("worker")  # stderr is captured here: not a terminal
+    logging.getLogger("taskflow.test").info("claimed", extra={"task_id": "t1"})
+    taskflow_log.stop_logging()
+    [line] = capsys.readouterr().err.splitlines()
+    assert orjson.loads(line)["task_id"] == "t1"

@@ -1,0 +1,209 @@
+"""``taskflow status``: queues, workers, stuck and failed tasks, throughput,
+and the warnings an operator should act on (``--check`` exits 1 on any)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from taskflow.config import Settings
+from taskflow.status.connection import opened_database, operator_store
+from taskflow.status.formatting import (
+    format_duration,
+    format_table,
+    format_time,
+    render_json,
+    shorten,
+)
+from taskflow.store.operators import OperatorStore
+from taskflow.store.pool import Record
+
+# A transaction open this long pins the vacuum horizon long enough to notice:
+# tasks and task_history rows churn fast, so minutes of dead rows add up.
+DEFAULT_LONG_TRANSACTION_SECONDS = 300.0
+DEFAULT_FAILURES_SHOWN = 10
+
+
+@dataclass
+class StatusReport:
+    database: str
+    generated_at: datetime
+    worker_alive_seconds: float
+    long_transaction_seconds: float
+    queues: list[dict[str, Any]]
+    workers: list[dict[str, Any]]
+    stuck: int
+    due_unclaimed: int
+    failures: list[dict[str, Any]]
+    failures_total: int
+    throughput: list[dict[str, Any]]
+    long_transactions: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _rows(records: Sequence[Record]) -> list[dict[str, Any]]:
+    return [dict(record) for record in records]
+
+
+async def collect_status(
+    store: OperatorStore,
+    *,
+    failures_shown: int = DEFAULT_FAILURES_SHOWN,
+    long_transaction_seconds: float = DEFAULT_LONG_TRANSACTION_SECONDS,
+) -> StatusReport:
+    now, database = await store.select_database_clock()
+    failures = _rows(await store.select_recent_failures(failures_shown))
+    total = int(failures[0].pop("total")) if failures else 0
+    for row in failures[1:]:
+        row.pop("total")
+    report = StatusReport(
+        database=database,
+        generated_at=now,
+        worker_alive_seconds=store.worker_alive_seconds or 90.0,
+        long_transaction_seconds=long_transaction_seconds,
+        queues=_rows(await store.select_queue_overview()),
+        workers=_rows(await store.select_workers()),
+        stuck=await store.count_stuck_tasks(),
+        due_unclaimed=await store.count_due_unclaimed_tasks(),
+        failures=failures,
+        failures_total=total,
+        throughput=_rows(await store.select_throughput()),
+        long_transactions=_rows(await store.select_long_transactions(long_transaction_seconds)),
+    )
+    report.warnings = _warnings(report)
+    return report
+
+
+def _warnings(report: StatusReport) -> list[str]:
+    warnings = []
+    for tx in report.long_transactions:
+        warnings.append(
+            f"transaction open for {format_duration(tx['xact_age'])} (pid {tx['pid']}, "
+            f"user {tx['user_name']}, application {tx['application_name'] or '-'}, "
+            f"{tx['state']}) holds back vacuum of tasks and task_history; "
+            f"end it, or SELECT pg_terminate_backend({tx['pid']});"
+        )
+    if report.stuck:
+        warnings.append(
+            f"{report.stuck} task(s) processing past their lease: the scheduler rescues "
+            "them every tick; is one running? (SELECT * FROM taskflow_stuck)"
+        )
+    alive = [w for w in report.workers if w["state"] == "alive"]
+    if report.due_unclaimed and not alive:
+        warnings.append(
+            f"{report.due_unclaimed} task(s) due but no live worker: start `taskflow worker`"
+        )
+    return warnings
+
+
+def read_status(
+    settings: Settings,
+    *,
+    failures_shown: int = DEFAULT_FAILURES_SHOWN,
+    long_transaction_seconds: float = DEFAULT_LONG_TRANSACTION_SECONDS,
+    worker_alive_seconds: float | None = None,
+) -> StatusReport:
+    async def main() -> StatusReport:
+        async with opened_database(settings) as database:
+            return await collect_status(
+                operator_store(database, settings, worker_alive_seconds),
+                failures_shown=failures_shown,
+                long_transaction_seconds=long_transaction_seconds,
+            )
+
+    return asyncio.run(main())
+
+
+def render_status_text(report: StatusReport) -> str:
+    out = [f"TaskFlow status: database {report.database} at {format_time(report.generated_at)}"]
+
+    out += ["", "QUEUES"]
+    if report.queues:
+        out.append(
+            format_table(
+                ["STATUS", "TYPE", "TASKS", "OLDEST"],
+                [[q["status"], q["type"], q["tasks"], q["oldest_age"]] for q in report.queues],
+            )
+        )
+    else:
+        out.append("(no tasks)")
+
+    alive = sum(1 for w in report.workers if w["state"] == "alive")
+    out += [
+        "",
+        f"WORKERS: {alive} alive (dead after {format_duration(report.worker_alive_seconds)} "
+        "without a heartbeat)",
+    ]
+    if report.workers:
+        out.append(
+            format_table(
+                ["ID", "HOST", "PID", "STATE", "RUNNING", "SLOTS", "LAST HEARTBEAT"],
+                [
+                    [
+                        w["id"],
+                        w["hostname"],
+                        w["pid"],
+                        w["state"],
+                        w["running_tasks"],
+                        w["concurrency"],
+                        f"{format_duration(w['heartbeat_age'])} ago",
+                    ]
+                    for w in report.workers
+                ],
+            )
+        )
+    else:
+        out.append("(no workers registered recently)")
+
+    out += [
+        "",
+        f"STUCK: {report.stuck} task(s) processing past their lease",
+        f"DUE, UNCLAIMED: {report.due_unclaimed} task(s)",
+    ]
+
+    out += [
+        "",
+        f"FAILURES: {report.failures_total} failed in the last 24h or retrying"
+        + (f" (newest {len(report.failures)} shown)" if report.failures_total else ""),
+    ]
+    if report.failures:
+        out.append(
+            format_table(
+                ["ID", "TYPE", "STATUS", "AT", "ATTEMPTS", "QUARANTINED", "LAST ERROR"],
+                [
+                    [
+                        f["id"],
+                        f["type"],
+                        f["status"],
+                        f["failed_at"],
+                        f"{f['attempts']}/{f['max_retries'] + 1}",
+                        f["quarantined"],
+                        shorten(f["last_error"]),
+                    ]
+                    for f in report.failures
+                ],
+            )
+        )
+
+    out += ["", "THROUGHPUT"]
+    out.append(
+        format_table(
+            ["PERIOD", "COMPLETED", "FAILED", "RETRIED", "PER SECOND"],
+            [
+                [t["period"], t["completed"], t["failed"], t["retried"], t["completed_per_second"]]
+                for t in report.throughput
+            ],
+        )
+    )
+
+    if report.warnings:
+        out.append("")
+        out += [f"WARNING: {warning}" for warning in report.warnings]
+    return "\n".join(out) + "\n"
+
+
+def render_status_json(report: StatusReport) -> str:
+    return render_json(vars(report))
