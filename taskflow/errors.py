@@ -67,6 +67,27 @@ class PayloadTooLarge(TaskFlowError):
     """The request body is too large."""
 
 
+class QuotaExceeded(PayloadTooLarge):
+    """The file area is over its quota.
+
+    ``limit`` names the quota (its config key); ``quota_bytes`` is its size
+    and ``used_bytes`` what the area would hold (at least) with the write.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        quota_bytes: int,
+        used_bytes: int,
+        limit: str = "user_files_max_bytes",
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.quota_bytes = quota_bytes
+        self.used_bytes = used_bytes
+
+
 class LimitExceeded(TaskFlowError):
     """A limit was reached; try again later.
 

@@ -20,6 +20,7 @@ from taskflow.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    QuotaExceeded,
     StoreUnavailable,
     TaskFlowError,
     Unauthorized,
@@ -77,6 +78,8 @@ def install_error_handlers(app: Quart) -> None:
         if isinstance(error, LimitExceeded):
             body["limit"] = error.limit
             retry_after = error.retry_after_seconds
+        elif isinstance(error, QuotaExceeded):
+            body["limit"] = error.limit  # no Retry-After: waiting frees no room
         elif isinstance(error, Overloaded):
             retry_after = error.retry_after_seconds
         response = json_response(body, status)

@@ -4,7 +4,9 @@ Every name goes through :class:`taskflow.files.UserFiles`, which accepts only
 plain file names inside ``<base_file_path>/<user_id>/``: a bad name is a 400, a
 name that is not there (or is another user's) a 404.
 
-Uploads stream (``taskflow.api.uploads``). All disk I/O runs on the app's own
+Uploads stream (``taskflow.api.uploads``), held to the caller's quota
+(``user_files_max_bytes``, or their own in ``user_limits``): over it, a 413
+naming it. All disk I/O runs on the app's own
 file I/O threads, a short call at a time (one chunk, one listing): never on
 the event loop, and never on the default executor, where a slow disk would
 queue up everything else that uses it.
@@ -28,7 +30,7 @@ from quart import Blueprint, Quart, Response, current_app, request
 from werkzeug.exceptions import UnsupportedMediaType
 from werkzeug.routing import PathConverter
 
-from taskflow.api import ApiConfig, config
+from taskflow.api import ApiConfig, config, services
 from taskflow.api.responses import json_response
 from taskflow.api.security import current_user_id, require_user
 from taskflow.api.uploads import UPLOAD_OVERHEAD_BYTES, receive_upload
@@ -135,6 +137,14 @@ def _user_files() -> UserFiles:
     return UserFiles(config().settings.base_file_path, current_user_id())
 
 
+async def _user_files_to_write() -> UserFiles:
+    """The caller's area with its quota, for writing into."""
+    settings = config().settings
+    user_id = current_user_id()
+    quota = await services().accounts.select_files_quota(user_id, settings.user_files_max_bytes)
+    return UserFiles(settings.base_file_path, user_id, quota_bytes=quota)
+
+
 def _file_io() -> Executor:
     executor: Executor = current_app.extensions[FILE_IO_EXTENSION]
     return executor
@@ -194,7 +204,7 @@ async def upload_file() -> Response:
     info = await receive_upload(
         request.body,
         boundary,
-        _user_files(),
+        await _user_files_to_write(),
         file_io=_file_io(),
         max_file_bytes=settings.upload_max_bytes,
         on_conflict=on_conflict,

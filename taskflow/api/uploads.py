@@ -16,6 +16,11 @@ between their chunks. Each upload has two deadlines: per chunk (Quart's
 (``upload_timeout_seconds``, a client that never stalls but never finishes);
 past either it gets a 408, and its partial file is removed before the answer
 goes out.
+
+The file area's quota (``UserFiles.quota_bytes``) is checked by the file as
+it grows: once the bytes received so far cannot fit the room the area has
+left, the upload ends there with a 413 naming the quota, however much more
+the client meant to send; and, under the area's lock, when the file lands.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ and is moved under its real name only once complete and flushed to disk, so a
 crash never leaves a half-written file under a real name. Hidden names never
 show in :meth:`UserFiles.list` and cannot be asked for by name.
 
+An area may have a quota (``user_files_max_bytes``): a write that would take
+the area past it is refused with ``QuotaExceeded`` when it lands, and one
+whose bytes so far already cannot fit, as soon as they arrive; nothing of a
+refused write is left (:mod:`taskflow.files.quota`).
+
 All methods are synchronous and do blocking disk I/O, each call short (one
 chunk, one directory, one fsync), so async callers run them in a thread a
 call at a time. Writers that crashed leave ``.tmp-*`` files behind;
@@ -34,6 +39,8 @@ from types import TracebackType
 from typing import IO, Any, Literal
 
 from taskflow.errors import Conflict, FileNotFound, PayloadTooLarge, ValidationFailed
+from taskflow.files.disk import fsync_directory, link_without_clobber
+from taskflow.files.quota import AreaQuota, area_use
 from taskflow.models import check_file_name
 
 ConflictPolicy = Literal["replace", "error", "rename"]
@@ -107,29 +114,15 @@ def _numbered_names(stem: str, suffix: str) -> Iterator[str]:
         yield _validate_name(shortened + tail)
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable. Some filesystems cannot fsync a directory; the
-    rename has still happened there, only its durability is up to the OS."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
 class AtomicWriter:
     """A file being written under a hidden temporary name.
 
     ``commit()`` moves it under its real name (applying the conflict policy)
     and returns that name; ``discard()`` removes it. Used as a context manager
     it commits on a clean exit and discards on an exception. A write that
-    would take it past ``max_bytes`` raises ``PayloadTooLarge``.
+    would take it past ``max_bytes`` raises ``PayloadTooLarge``; one that
+    cannot fit the area's quota, ``QuotaExceeded`` (bytes written to ``file``
+    directly are only counted at commit).
     """
 
     def __init__(
@@ -145,6 +138,9 @@ class AtomicWriter:
         self.max_bytes = max_bytes
         self.size = 0
         directory = files.ensure_root()
+        replaces = self.name if on_conflict == "replace" else None
+        quota = files.quota_bytes
+        self._quota = None if quota is None else AreaQuota(directory, quota, replaces=replaces)
         fd, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
         self._temporary = Path(temporary)
         self.file: IO[bytes] = os.fdopen(fd, "wb")
@@ -153,9 +149,19 @@ class AtomicWriter:
     def write(self, data: bytes) -> int:
         if self.max_bytes is not None and self.size + len(data) > self.max_bytes:
             raise PayloadTooLarge(f"the file is larger than {self.max_bytes} bytes")
+        if self._quota is not None and data:
+            self._quota.check_growth(self.size + len(data))
         written = self.file.write(data)
         self.size += written
         return written
+
+    def check_room(self) -> None:
+        """Measure the room the area has left (a directory scan), refusing at
+        once if there is none; the writes that follow check against it and
+        scan again only if they outgrow it. Callers that write on an event
+        loop call this in a thread first."""
+        if self._quota is not None:
+            self._quota.check_growth(self.size)
 
     def commit(self) -> str:
         """Flush to disk and move into place; return the name it got."""
@@ -166,8 +172,9 @@ class AtomicWriter:
             os.fsync(self.file.fileno())
             self.size = os.fstat(self.file.fileno()).st_size
             self.file.close()
-            self.name = self._place()
-            _fsync_directory(self._temporary.parent)
+            with self._quota.admitting(self.size) if self._quota else contextlib.nullcontext():
+                self.name = self._place()
+            fsync_directory(self._temporary.parent)
         finally:
             self.discard()
         return self.name
@@ -187,12 +194,12 @@ class AtomicWriter:
             os.replace(self._temporary, root / self.name)
             return self.name
         if self._on_conflict == "error":
-            if not _link_without_clobber(self._temporary, root / self.name):
+            if not link_without_clobber(self._temporary, root / self.name):
                 raise Conflict(f"a file named {self.name!r} already exists")
             return self.name
         stem, suffix = split_name(self.name)
         for candidate in _numbered_names(stem, suffix):
-            if _link_without_clobber(self._temporary, root / candidate):
+            if link_without_clobber(self._temporary, root / candidate):
                 return candidate
         raise Conflict(f"no free name left for {self.name!r}")
 
@@ -211,36 +218,25 @@ class AtomicWriter:
             self.discard()
 
 
-def _link_without_clobber(source: Path, target: Path) -> bool:
-    """Give ``source`` the name ``target`` unless that name exists; False if it
-    does. A hard link is the portable atomic "create if absent" for a complete
-    file: two writers racing for one name cannot both win."""
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        # No hard links on this filesystem (FAT, some FUSE mounts): fall back to
-        # check-then-rename, which is atomic per file but can lose a race.
-        if os.path.lexists(target):
-            return False
-        os.replace(source, target)
-    return True
-
-
 class UserFiles:
-    """One user's file area, ``base/<user_id>/``, created on first write."""
+    """One user's file area, ``base/<user_id>/``, created on first write,
+    holding at most ``quota_bytes`` (None: no limit; see
+    :func:`taskflow.files.quota.effective_quota`)."""
 
-    def __init__(self, base: Path, user_id: int) -> None:
+    def __init__(self, base: Path, user_id: int, *, quota_bytes: int | None = None) -> None:
         if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id < 0:
             raise ValueError(f"user_id must be a non-negative int, got {user_id!r}")
+        if quota_bytes is not None and (isinstance(quota_bytes, bool) or quota_bytes < 0):
+            raise ValueError(f"quota_bytes must be None or a non-negative int, got {quota_bytes!r}")
         self.base = Path(base)
         self.user_id = user_id
+        self.quota_bytes = quota_bytes
 
     def __repr__(self) -> str:
-        return f"UserFiles(base={str(self.base)!r}, user_id={self.user_id})"
+        return (
+            f"UserFiles(base={str(self.base)!r}, user_id={self.user_id}, "
+            f"quota_bytes={self.quota_bytes})"
+        )
 
     @property
     def root(self) -> Path:
@@ -308,6 +304,14 @@ class UserFiles:
                     FileInfo(entry.name, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
                 )
         return sorted(found, key=lambda item: item.name)
+
+    def used_bytes(self) -> int:
+        """What the area's files take, counted by scanning it: for writes and
+        reports, not for every read."""
+        root = self.root
+        if root.exists():
+            self._check_root(root)
+        return area_use(root)
 
     def open_read(self, name: str) -> IO[bytes]:
         """An open binary file; the caller closes it."""

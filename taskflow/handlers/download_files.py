@@ -38,6 +38,12 @@ an earlier attempt already saved (while the file is still there). 404, 403,
 permanent; timeouts, connection errors, 5xx, 408 and 429 are transient (with
 ``Retry-After`` honoured). When any URL failed permanently the task fails
 permanently, naming every failure, with the saved files as partial result.
+
+The owner's file area has a quota (``user_files_max_bytes``): a file that
+would take the area past it fails its URL permanently, naming the quota, as
+soon as its bytes so far cannot fit, or when it lands after others took the
+room. Files saved before stay, and so do the other URLs' chances: a smaller
+file may still fit.
 """
 
 from __future__ import annotations
@@ -55,7 +61,13 @@ import httpx
 
 from taskflow import __version__
 from taskflow.config import Settings
-from taskflow.errors import HandlerError, PermanentError, TransientError, ValidationFailed
+from taskflow.errors import (
+    HandlerError,
+    PermanentError,
+    QuotaExceeded,
+    TransientError,
+    ValidationFailed,
+)
 from taskflow.files import UserFiles
 from taskflow.handlers import TaskContext, TaskType
 from taskflow.handlers.content_encoding import decoder_for
@@ -145,7 +157,7 @@ class _Downloader:
                 return _Outcome(url, error=PermanentError(f"invalid URL: {exc}"))
             except httpx.TransportError as exc:
                 return _Outcome(url, error=TransientError(f"{type(exc).__name__}: {exc}"))
-            except ValidationFailed as exc:
+            except (ValidationFailed, QuotaExceeded) as exc:
                 return _Outcome(url, error=PermanentError(exc.message))
 
     async def _fetch(self, url: str) -> dict[str, Any]:
@@ -221,6 +233,8 @@ class _Downloader:
         turn_at = loop.time() + LOOP_TURN_SECONDS
         writer = self._files.atomic_writer(name, on_conflict="rename")
         try:
+            # The quota's scan of the area, off the event loop.
+            await asyncio.to_thread(writer.check_room)
             # Raw bytes: httpx's own decoding would inflate a whole network
             # read through every declared layer before this loop saw a byte.
             async for raw in response.aiter_raw():

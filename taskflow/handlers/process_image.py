@@ -30,7 +30,9 @@ animated or multi-page image is used, and 16-bit, CMYK and other modes are
 converted to 8-bit RGB or grey.
 
 The output is a new file next to the input, ``<stem>.processed<ext>`` (then
-``-2``, ``-3``, ...), in the input's format, written atomically. ``result`` is
+``-2``, ``-3``, ...), in the input's format, written atomically; an output
+that would take the owner's file area past its quota (``user_files_max_bytes``)
+is not kept, and the task fails permanently, naming the quota. ``result`` is
 ``{"output", "width", "height", "format", "source", "operations"}``; it is
 saved as progress right after the file lands, so a retry of an attempt that
 died before finishing returns it instead of writing a second copy. Accepted
@@ -64,7 +66,13 @@ from typing import IO, Any
 
 from PIL import Image, UnidentifiedImageError
 
-from taskflow.errors import FileNotFound, PermanentError, TransientError, ValidationFailed
+from taskflow.errors import (
+    FileNotFound,
+    PermanentError,
+    QuotaExceeded,
+    TransientError,
+    ValidationFailed,
+)
 from taskflow.files import UserFiles, split_name
 from taskflow.handlers import TaskContext, TaskType
 from taskflow.handlers.image_formats import (
@@ -359,6 +367,9 @@ async def process_image(payload: ProcessImagePayload, ctx: TaskContext) -> dict[
         # The thread cannot be interrupted; make it drop its output instead.
         abandoned.set()
         raise
+    except QuotaExceeded as exc:
+        # Retrying writes the same bytes into the same full area.
+        raise PermanentError(exc.message) from None
     result["source"] = payload.path
     result["operations"] = _operations(payload)
     if ctx.save_progress is not None:

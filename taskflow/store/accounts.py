@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from taskflow.errors import EmailTaken
+from taskflow.files.quota import effective_quota
 from taskflow.store.pool import Queries, Record
 
 INSERT_USER = """
@@ -55,6 +56,8 @@ LEFT JOIN revoked_tokens r ON r.user_id = u.id AND r.expires_at > now()
 WHERE u.id = ANY($1::bigint[])
 """  # noqa: S105
 PRUNE_ACCOUNTS = "SELECT taskflow_prune_accounts($1, $2)"
+# An operator's override of user_files_max_bytes; no row or NULL: the default.
+SELECT_FILES_QUOTA = "SELECT files_max_bytes FROM user_limits WHERE user_id = $1"
 
 
 class AccountStore(Queries):
@@ -78,6 +81,12 @@ class AccountStore(Queries):
         """The user's new token version; None when the hash changed meanwhile."""
         version: int | None = await self.pool.fetchval(UPDATE_PASSWORD, user_id, old_hash, new_hash)
         return version
+
+    async def select_files_quota(self, user_id: int, default: int) -> int | None:
+        """The user's file area quota in bytes, None for no limit: their
+        user_limits.files_max_bytes, else ``default`` (0 in either: none)."""
+        override: int | None = await self.pool.fetchval(SELECT_FILES_QUOTA, user_id)
+        return effective_quota(override, default)
 
     # ----- throttles
 

@@ -92,6 +92,7 @@ def _claimed_row(task_id: uuid.UUID) -> dict[str, Any]:
         "user_id": 1,
         "result": None,
         "last_attempt": True,
+        "files_max_bytes": None,
     }
 
 
