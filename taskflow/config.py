@@ -76,6 +76,8 @@ class Tunables(BaseModel):
     email_per_user_per_minute: Annotated[int, Field(ge=0)] = 30
     email_per_user_per_day: Annotated[int, Field(ge=0)] = 500
     user_files_max_bytes: Annotated[int, Field(ge=0)] = 1024 * MIB
+    # Schedules a user may have (SPEC §9); the tasks they create count as tasks.
+    user_max_schedules: Annotated[int, Field(ge=0)] = 100
     # The dispatch window holds the ids workers are expected to start within
     # this time at the recent claim rate (never fewer than their free slots):
     # short enough that a new user's task is not queued behind a long window.

@@ -1,5 +1,5 @@
-"""Creating tasks: validate against the registry and the creation limits,
-then insert.
+"""Creating tasks: validate against the registry, resolve ``depends_on``,
+then insert (with the creation limits checked in the inserting statement).
 
 Shared by the REST API, the batch endpoint and the Python API (``Enqueuer``),
 so every way in applies the same rules. Nothing is published here: the row is
@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -28,25 +29,43 @@ import orjson
 from pydantic import ValidationError
 
 from taskflow.batching import Batcher
+from taskflow.dependencies import resolve
 from taskflow.errors import ValidationFailed
 from taskflow.handlers import Registry
 from taskflow.metrics import TASKS_CREATED
 from taskflow.models import TaskCreate, describe_validation_error
 from taskflow.store.pool import DATABASE_ERRORS, Record
-from taskflow.store.tasks import NewTask, TaskStore
+from taskflow.store.tasks import UNLIMITED, Admission, NewTask, TaskStore
 
 log = logging.getLogger(__name__)
 
 
+_RANDOM_BITS = 74  # rand_a (12) and rand_b (62) of RFC 9562
+_last_millis, _last_random = 0, 0
+
+
 def new_task_id() -> UUID:
     """A UUIDv7: time-ordered, so new rows land at the right edge of the
-    primary key index instead of on random pages."""
+    primary key index instead of on random pages. Within one process each id
+    is greater than the one before, even in the same millisecond (RFC 9562's
+    monotonic random), so the items of a batch sort in their order."""
+    global _last_millis, _last_random
     millis = time.time_ns() // 1_000_000
-    value = (millis & ((1 << 48) - 1)) << 80
-    value |= int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return UUID(int=value)
+    random = int.from_bytes(os.urandom(10), "big") >> (80 - _RANDOM_BITS)
+    if millis <= _last_millis:
+        millis = _last_millis
+        if random <= _last_random:
+            random = _last_random + 1
+            if random >> _RANDOM_BITS:  # 2^74 ids in one millisecond: borrow the next
+                millis, random = millis + 1, 0
+    _last_millis, _last_random = millis, random
+    return UUID(
+        int=(millis & ((1 << 48) - 1)) << 80
+        | 0x7 << 76  # version 7
+        | (random >> 62) << 64  # rand_a
+        | 0x2 << 62  # RFC 4122 variant
+        | (random & ((1 << 62) - 1))  # rand_b
+    )
 
 
 def check_run_at(run_at: datetime | None, field: str = "run_at") -> None:
@@ -94,14 +113,20 @@ class Enqueuer:
         *,
         reject_past_run_at: bool = False,
         group_inserts: bool = False,
+        admission: Admission = UNLIMITED,
     ) -> None:
         self.store = store
         self.registry = registry
         self.reject_past_run_at = reject_past_run_at
+        # The creation limits (SPEC §8), checked in the inserting statement.
+        self.admission = admission
         self._inserter: Batcher[tuple[int, NewTask], Record] | None = None
         self._inserter_task: asyncio.Task[None] | None = None
         if group_inserts:
-            self._inserter = Batcher(self.store.insert_tasks_of_users)
+            self._inserter = Batcher(self._insert_together)
+
+    async def _insert_together(self, items: list[tuple[int, NewTask]]) -> list[Record]:
+        return await self.store.insert_tasks_of_users(items, admission=self.admission)
 
     def start(self) -> None:
         """Start grouping inserts (with ``group_inserts``); ``close`` stops it."""
@@ -183,16 +208,23 @@ class Enqueuer:
         self, user_id: int, request: TaskCreate, *, idempotency_key: str | None = None
     ) -> tuple[Record, bool]:
         task = self.validate(request)
+        if request.depends_on:
+            (depends_on,) = resolve([request.depends_on], [task.id], batch=False)
+            task = replace(task, depends_on=depends_on)
         request_hash = None
         if idempotency_key is not None:
             request_hash = hashlib.sha256(
                 orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
             ).hexdigest()
-        if idempotency_key is None and self._inserter_task is not None:
+        if idempotency_key is None and self._inserter_task is not None and not task.depends_on:
             row, created = await self._insert_grouped(user_id, task), True
         else:
             row, created = await self.store.insert_task(
-                user_id, task, idempotency_key=idempotency_key, request_hash=request_hash
+                user_id,
+                task,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+                admission=self.admission,
             )
         if created:
             TASKS_CREATED.labels(task.type).inc()
@@ -207,13 +239,20 @@ class Enqueuer:
             # and an error here may be anybody's: each caller finds out alone.
             row = None
         if row is None:
-            row, _ = await self.store.insert_task(user_id, task)
+            row, _ = await self.store.insert_task(user_id, task, admission=self.admission)
         return row
 
     async def create_many(self, user_id: int, requests: Sequence[TaskCreate]) -> list[Record]:
         """All or nothing: every item is validated before anything is written."""
         tasks = [self.validate(item, prefix=f"tasks[{i}]") for i, item in enumerate(requests)]
-        rows = await self.store.insert_tasks(user_id, tasks)
+        if any(item.depends_on for item in requests):
+            resolved = resolve(
+                [item.depends_on for item in requests], [task.id for task in tasks], batch=True
+            )
+            tasks = [
+                replace(task, depends_on=deps) for task, deps in zip(tasks, resolved, strict=True)
+            ]
+        rows = await self.store.insert_tasks(user_id, tasks, admission=self.admission)
         for task in tasks:
             TASKS_CREATED.labels(task.type).inc()
         return rows

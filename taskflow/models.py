@@ -12,6 +12,7 @@ import unicodedata
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
+from uuid import UUID
 
 from pydantic import (
     AfterValidator,
@@ -26,8 +27,20 @@ from pydantic import (
     model_validator,
 )
 
+from taskflow.schedules import (
+    CRON_MAX_LENGTH,
+    DEFAULT_TIMEZONE,
+    check_timezone,
+    normalise_cron,
+)
+
 
 class TaskStatus(StrEnum):
+    BLOCKED = "blocked"
+    """Waits for its dependencies (``depends_on``). Queued (or postponed, by
+    ``run_at``) in the transaction that finishes the last of them; cancelled,
+    naming it, when one fails for good, is cancelled or deleted."""
+
     POSTPONED = "postponed"
     """Waiting for ``run_at``. The scheduler moves it to ``queued`` once due."""
 
@@ -57,6 +70,7 @@ class TaskStatus(StrEnum):
 S = TaskStatus
 
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    S.BLOCKED: frozenset({S.QUEUED, S.POSTPONED, S.CANCELLED}),
     S.POSTPONED: frozenset({S.QUEUED, S.CANCELLED}),
     S.QUEUED: frozenset({S.PROCESSING, S.CANCELLED}),
     S.PROCESSING: frozenset({S.DONE, S.RETRYING, S.FAILED, S.QUEUED, S.CANCELLED}),
@@ -259,6 +273,30 @@ def _rfc3339_text(value: Any) -> Any:
 RunAt = Annotated[datetime, BeforeValidator(_rfc3339_text)]
 
 
+MAX_DEPENDENCIES = 100
+_BATCH_REFERENCE = re.compile(r"^#(0|[1-9][0-9]{0,3})$")
+
+
+def _dependency_reference(value: str) -> str:
+    if _BATCH_REFERENCE.match(value):
+        return value
+    try:
+        return str(UUID(value))
+    except ValueError:
+        raise ValueError('must be a task id, or "#n" for item n of the same batch') from None
+
+
+DependencyReference = Annotated[
+    str, Field(min_length=1, max_length=40), AfterValidator(_dependency_reference)
+]
+
+
+def batch_reference(value: str) -> int | None:
+    """The batch item a "#n" reference names; None for a task id."""
+    match = _BATCH_REFERENCE.match(value)
+    return int(match.group(1)) if match else None
+
+
 class TaskCreate(RequestModel):
     type: Annotated[str, Field(min_length=1, max_length=64)]
     payload: dict[str, Any]
@@ -267,6 +305,10 @@ class TaskCreate(RequestModel):
     )
     run_at: RunAt | None = None
     priority: Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, strict=True)] = 0
+    # Task ids of the caller's, or "#n": item n (from 0) of the same batch.
+    depends_on: Annotated[list[DependencyReference], Field(max_length=MAX_DEPENDENCIES)] | None = (
+        None
+    )
 
 
 class TaskBatchCreate(RequestModel):
@@ -283,6 +325,47 @@ class TaskPatch(RequestModel):
     def _something(self) -> TaskPatch:
         if not self.model_fields_set:
             raise ValueError("give at least one of payload, max_retries, run_at, priority")
+        return self
+
+
+# ----- schedules (SPEC §9); taskflow.schedules checks cron expressions and time zones
+
+ScheduleName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_line_breaks)]
+CronExpression = Annotated[
+    str, Field(min_length=1, max_length=CRON_MAX_LENGTH), AfterValidator(normalise_cron)
+]
+TimeZoneName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(check_timezone)]
+MaxRetries = Annotated[int, Field(ge=0, le=MAX_RETRIES_LIMIT, strict=True)]
+Priority = Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, strict=True)]
+
+
+class ScheduleCreate(RequestModel):
+    """A periodic task: every slot of ``cron`` in ``timezone`` creates one task."""
+
+    name: ScheduleName
+    cron: CronExpression
+    timezone: TimeZoneName = DEFAULT_TIMEZONE
+    type: Annotated[str, Field(min_length=1, max_length=64)]
+    payload: dict[str, Any]
+    max_retries: MaxRetries = DEFAULT_MAX_RETRIES
+    priority: Priority = 0
+
+
+class SchedulePatch(RequestModel):
+    name: ScheduleName | None = None
+    cron: CronExpression | None = None
+    timezone: TimeZoneName | None = None
+    type: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    payload: dict[str, Any] | None = None
+    max_retries: MaxRetries | None = None
+    priority: Priority | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> SchedulePatch:
+        if not self.model_fields_set:
+            raise ValueError(
+                "give at least one of name, cron, timezone, type, payload, max_retries, priority"
+            )
         return self
 
 

@@ -25,12 +25,14 @@ from taskflow.enqueue import Enqueuer
 from taskflow.handlers import Registry
 from taskflow.scheduler import Scheduler
 from taskflow.store.accounts import AccountStore
+from taskflow.store.dependencies import DependencyStore
 from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore
 from taskflow.store.events import LiveEventsStore
 from taskflow.store.operators import OperatorStore
 from taskflow.store.pool import Database, Listener
-from taskflow.store.tasks import TaskStore
+from taskflow.store.schedules import ScheduleStore
+from taskflow.store.tasks import Admission, TaskStore
 from taskflow.worker.process import LISTEN_CHANNELS, Worker, new_worker_id
 
 # How long a starting process waits for RabbitMQ before it goes on without it
@@ -124,6 +126,7 @@ async def scheduler_runtime(settings: Settings) -> AsyncIterator[Scheduler]:
             EngineStore(database.pool),
             OperatorStore(database.pool),
             dispatcher=dispatcher,
+            schedules=ScheduleStore(database.pool),
         )
     finally:
         if broker is not None:
@@ -162,6 +165,7 @@ async def api_services(settings: Settings, registry: Registry) -> AsyncIterator[
             registry,
             reject_past_run_at=settings.reject_past_run_at,
             group_inserts=True,
+            admission=Admission.from_settings(settings),
         )
         enqueuer.start()
         yield ApiServices(
@@ -170,6 +174,8 @@ async def api_services(settings: Settings, registry: Registry) -> AsyncIterator[
             tasks=tasks,
             events=LiveEventsStore(database.pool),
             operators=OperatorStore(database.pool),
+            schedules=ScheduleStore(database.pool),
+            dependencies=DependencyStore(database.pool),
             enqueuer=enqueuer,
             broker=broker,
             event_listener=Listener(_dsn(settings), [EVENTS_CHANNEL], name="taskflow-api-events"),

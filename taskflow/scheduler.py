@@ -13,13 +13,17 @@
      or quarantined after ``max_lease_crashes`` lost workers);
   2. promote due ``postponed``/``retrying`` rows to ``queued``, where the
      dispatcher (woken by the promotion's NOTIFY) picks them up;
+  2b. create the task of each schedule slot that has come (SPEC §9;
+     taskflow/schedules.py has the missed-slot rule), and plan the next slot
+     of schedules just resumed;
   3. prune history of finished tasks past ``history_retention_days``, and
      finished tasks themselves (with the rest of their history) past
      ``task_retention_days``;
   4. every few minutes, remove the temporary files crashed writers left in
      the file areas, once older than ``temporary_file_max_age_seconds``.
 
-Steps 1 and 2 use SKIP LOCKED, so several schedulers share the work; steps 3
+Steps 1, 2 and 2b use SKIP LOCKED, so several schedulers share the work (and a
+slot's task is unique in the database, whatever happens); steps 3
 and 4 run under a try-advisory-lock, so only one scheduler does them per tick.
 """
 
@@ -27,18 +31,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from taskflow.config import Settings
 from taskflow.dispatcher import Dispatcher
+from taskflow.enqueue import new_task_id
 from taskflow.files.sweep import TemporaryFileSweep
-from taskflow.metrics import LEASES_RESCUED, TASKS_PROMOTED
+from taskflow.metrics import LEASES_RESCUED, TASKS_CREATED, TASKS_PROMOTED
 from taskflow.retention import prune_expired
+from taskflow.schedules import plan_schedule
+from taskflow.store.dispatch import FairLimits
 from taskflow.store.engine import EngineStore
+from taskflow.store.inserts import Admission
 from taskflow.store.operators import OperatorStore
 from taskflow.store.pool import DATABASE_ERRORS, Record
+from taskflow.store.schedules import ScheduleStore, SlotPlan
 from taskflow.waiting import wait_event
 
 log = logging.getLogger(__name__)
@@ -58,6 +69,7 @@ TEMPORARY_FILES_SLICE_ENTRIES = 50_000
 class TickReport:
     rescued: int = 0
     promoted: int = 0
+    scheduled: int = 0
     pruned: int = 0
     temporary_files_removed: int = 0
 
@@ -73,11 +85,16 @@ class Scheduler:
         operators: OperatorStore,
         *,
         dispatcher: Dispatcher | None,
+        schedules: ScheduleStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.operators = operators
         self.dispatcher = dispatcher
+        # Schedules are read on the engine's pool unless given their own.
+        self.schedules = schedules or ScheduleStore(store.pool)
+        # Slot tasks are held to the creation limits, as the API's are.
+        self.admission = Admission.from_settings(settings)
         self.batch = settings.scheduler_batch_size
         self.ticks = 0
         self.temporary_files = TemporaryFileSweep(
@@ -86,6 +103,9 @@ class Scheduler:
         self._temporary_files_due_at = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self.operators.write_dispatch_settings(
+            FairLimits.from_settings(self.settings), written_by=f"scheduler:{socket.gethostname()}"
+        )
         log.info(
             "scheduler started",
             extra={
@@ -137,13 +157,20 @@ class Scheduler:
         self.ticks += 1
         await self._rescue(report, self.store.rescue_expired_leases, "lease_expired")
         await self._promote(report)
+        await self._create_slot_tasks(report)
         if self.ticks % 60 == 1:
             await self.store.with_duty_lock(PRUNE_LOCK_ID, lambda: self._prune(report))
         if time.monotonic() >= self._temporary_files_due_at:
             await self.store.with_duty_lock(
                 TEMPORARY_FILES_LOCK_ID, lambda: self._remove_temporary_files(report)
             )
-        if report.rescued or report.promoted or report.pruned or report.temporary_files_removed:
+        if (
+            report.rescued
+            or report.promoted
+            or report.scheduled
+            or report.pruned
+            or report.temporary_files_removed
+        ):
             log.info("tick", extra={"event": "tick", **vars(report)})
         return report
 
@@ -153,6 +180,34 @@ class Scheduler:
             report.promoted += len(promoted)
             TASKS_PROMOTED.inc(len(promoted))
             if len(promoted) < self.batch:
+                break
+
+    async def run_due_schedules(self, now: datetime | None = None) -> TickReport:
+        """The schedules' duty alone; ``now`` stands in for the database's
+        clock (tests walk it across many slots and DST changes)."""
+        report = TickReport()
+        await self._create_slot_tasks(report, now)
+        return report
+
+    async def _create_slot_tasks(self, report: TickReport, now: datetime | None = None) -> None:
+        for _ in range(MAX_BATCHES_PER_TICK):
+            run = await self.schedules.create_slot_tasks(
+                self.batch, plan_slot, now=now, admission=self.admission
+            )
+            report.scheduled += len(run.created)
+            for row in run.created:
+                TASKS_CREATED.labels(row["type"]).inc()
+                log.debug(
+                    "schedule slot; task created",
+                    extra={
+                        "event": "schedule_slot",
+                        "schedule_id": str(row["schedule_id"]),
+                        "task_id": str(row["id"]),
+                        "task_type": row["type"],
+                        "slot": row["scheduled_for"].isoformat(),
+                    },
+                )
+            if run.claimed < self.batch:
                 break
 
     async def _rescue(
@@ -206,3 +261,29 @@ class Scheduler:
         report.temporary_files_removed += result.removed
         if result.finished:
             self._temporary_files_due_at = time.monotonic() + TEMPORARY_FILES_PASS_SECONDS
+
+
+def plan_slot(row: Record) -> SlotPlan:
+    """A due (or unplanned) schedule's slot task and next slot. A cron or
+    time zone this process cannot read (changed by hand in psql, or a zone
+    its time zone data lacks) pauses the schedule instead of failing the
+    whole batch every tick."""
+    try:
+        plan = plan_schedule(row["cron"], row["timezone"], row["next_run_at"], row["now"])
+    except ValueError as exc:
+        log.error(
+            "schedule cannot be planned; paused",
+            extra={"event": "schedule_paused", "schedule_id": str(row["id"]), "error": str(exc)},
+        )
+        return SlotPlan(schedule_id=row["id"], next_run_at=None)
+    if plan.next_run_at is None:
+        log.warning(
+            "schedule has no further slot; paused",
+            extra={"event": "schedule_paused", "schedule_id": str(row["id"])},
+        )
+    return SlotPlan(
+        schedule_id=row["id"],
+        next_run_at=plan.next_run_at,
+        slot=plan.slot,
+        task_id=new_task_id() if plan.slot is not None else None,
+    )

@@ -84,6 +84,11 @@ async def fail(payload: FailPayload, ctx: TaskContext) -> dict[str, Any]:
     raise RuntimeError(f"handler bug on attempt {ctx.attempt}")
 
 
+async def gather(payload: NoopPayload, ctx: TaskContext) -> dict[str, Any]:
+    """What a step of a graph saw of the steps before it (ctx.dependencies)."""
+    return {"n": payload.n, "seen": {str(key): value for key, value in ctx.dependencies.items()}}
+
+
 async def progress(payload: ProgressPayload, ctx: TaskContext) -> dict[str, Any]:
     done = list((ctx.previous_result or {}).get("steps", []))
     for step in range(len(done), payload.steps):
@@ -99,4 +104,5 @@ TASK_TYPES = [
     TaskType("test_sleep", SleepPayload, sleep, timeout_seconds=600),
     TaskType("test_fail", FailPayload, fail),
     TaskType("test_progress", ProgressPayload, progress),
+    TaskType("test_gather", NoopPayload, gather),
 ]

@@ -10,6 +10,7 @@ from uuid import UUID
 from taskflow.config import Tunables
 from taskflow.models import TaskStatus
 from taskflow.store.accounts import AccountStore
+from taskflow.store.dependencies import DependencyStore
 from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore, Outcome
 from taskflow.store.events import LiveEventsStore
@@ -19,7 +20,14 @@ from taskflow.store.tasks import TaskStore
 
 
 class Store(
-    Database, AccountStore, TaskStore, EngineStore, DispatchStore, OperatorStore, LiveEventsStore
+    Database,
+    AccountStore,
+    TaskStore,
+    EngineStore,
+    DispatchStore,
+    OperatorStore,
+    LiveEventsStore,
+    DependencyStore,
 ):
     """Opened with :meth:`Database.open`, closed with :meth:`close`."""
 

@@ -22,6 +22,7 @@ LANGUAGE sql IMMUTABLE AS $$
         WHEN from_s = 'processing' AND to_s = 'failed' THEN 'failed'
         WHEN from_s = 'processing' AND to_s = 'queued' THEN 'handed_back'
         WHEN from_s IN ('failed', 'cancelled') AND to_s = 'queued' THEN 'retried'
+        WHEN from_s = 'blocked' THEN 'unblocked'
         WHEN to_s = 'queued' THEN 'due'
         ELSE 'changed'
     END
@@ -64,6 +65,7 @@ DECLARE
     forbidden bigint;
     any_queued boolean;
     cancelled_ids uuid[];
+    finished_ids uuid[];
     bad record;
 BEGIN
     WITH changed AS (
@@ -80,7 +82,9 @@ BEGIN
                                   worker_id, error, actor)
         SELECT c.id, now(), coalesce(named_event, taskflow_event_name(c.from_status, c.to_status)),
                c.from_status, c.to_status, c.attempts, c.worker_id,
-               CASE WHEN c.to_status IN ('retrying', 'failed') THEN c.last_error END,
+               CASE WHEN c.to_status IN ('retrying', 'failed')
+                      OR (c.from_status = 'blocked' AND c.to_status = 'cancelled')
+                    THEN c.last_error END,
                actor
         FROM changed c
     ), undispatched AS (
@@ -92,8 +96,9 @@ BEGIN
     SELECT count(*) FILTER (WHERE NOT c.allowed),
            coalesce(bool_or(c.to_status = 'queued'), false),
            array_agg(c.id) FILTER (WHERE c.from_status = 'processing'
-                                     AND c.to_status = 'cancelled')
-    INTO forbidden, any_queued, cancelled_ids
+                                     AND c.to_status = 'cancelled'),
+           array_agg(c.id) FILTER (WHERE c.to_status IN ('done', 'failed', 'cancelled'))
+    INTO forbidden, any_queued, cancelled_ids, finished_ids
     FROM changed c;
 
     IF forbidden > 0 THEN
@@ -116,6 +121,11 @@ BEGIN
     IF cancelled_ids IS NOT NULL THEN
         PERFORM pg_notify('taskflow_cancel', id::text) FROM unnest(cancelled_ids) AS id;
     END IF;
+    -- Tasks blocked on these run or are cancelled now, in this transaction
+    -- (db/functions/45_dependencies.sql).
+    IF finished_ids IS NOT NULL THEN
+        PERFORM taskflow_settle_dependents(finished_ids);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -125,6 +135,12 @@ LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM task_history h USING old_rows o WHERE h.task_id = o.id;
     DELETE FROM dispatched_tasks d USING old_rows o WHERE d.task_id = o.id;
+    -- Tasks blocked on a deleted task are cancelled, naming it; then its
+    -- edges go (those of the deleted task itself go by foreign key).
+    IF EXISTS (SELECT 1 FROM task_dependencies d JOIN old_rows o ON o.id = d.depends_on_id) THEN
+        PERFORM taskflow_settle_dependents(array(SELECT o.id FROM old_rows o), deleted => true);
+        DELETE FROM task_dependencies d USING old_rows o WHERE d.depends_on_id = o.id;
+    END IF;
     RETURN NULL;
 END
 $$;

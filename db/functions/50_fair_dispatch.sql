@@ -5,7 +5,8 @@
 --
 -- The rule. Free worker slots go round-robin among the users who have queued
 -- tasks, a user of weight w taking w at each turn; a user's own tasks go in
--- priority order, then by due time. Nobody is served past a cap:
+-- priority order, then by due time. Tasks of a paused type
+-- (paused_task_types) are not picked at all. Nobody is served past a cap:
 -- max_running (a user's tasks processing or on their way to a worker),
 -- type_max_running (a task type's, across every worker), and for send_email
 -- the user's email_per_minute (tasks started in the last minute plus those on
@@ -52,6 +53,7 @@ DECLARE
     email_cap integer;
     email_room integer;
     full_types text[];
+    paused_types text[];
     type_room jsonb := '{}';
     capped_type text;
     candidate record;
@@ -68,6 +70,7 @@ BEGIN
             (SELECT count(*) FROM tasks p WHERE p.status = 'processing' AND p.type = capped_type)
             + (SELECT count(*) FROM dispatched_tasks d WHERE d.type = capped_type)));
     END LOOP;
+    SELECT coalesce(array_agg(p.type), '{}') INTO paused_types FROM paused_task_types p;
     SELECT s.last_user_id INTO start_after FROM dispatch_state s;
     current_user_id := start_after;
     LOOP
@@ -114,7 +117,7 @@ BEGIN
                 + (SELECT count(*) FROM dispatched_tasks d
                    WHERE d.user_id = current_user_id AND d.type = 'send_email'));
         END IF;
-        SELECT coalesce(array_agg(r.key), '{}') INTO full_types
+        SELECT paused_types || coalesce(array_agg(r.key), '{}') INTO full_types
         FROM jsonb_each_text(type_room) AS r WHERE r.value::integer <= 0;
         IF email_room IS NOT NULL AND email_room <= 0 THEN
             full_types := full_types || 'send_email'::text;
@@ -211,7 +214,8 @@ CREATE FUNCTION taskflow_claim_fair(
 )
 RETURNS TABLE (id uuid, user_id bigint, type text, payload jsonb, attempts integer,
                max_retries integer, result jsonb, claim_token bigint,
-               run_at timestamptz, last_attempt boolean, started boolean)
+               run_at timestamptz, last_attempt boolean, started boolean,
+               files_max_bytes bigint, has_dependencies boolean)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     picked_ids uuid[];
@@ -238,7 +242,9 @@ BEGIN
     RETURNING t.id, t.user_id, t.type, t.payload, t.attempts, t.max_retries, t.result,
               t.claim_token, t.run_at,
               taskflow_attempt_status(t.attempts, t.max_retries, false) = 'failed',
-              t.started_at IS NOT NULL;
+              t.started_at IS NOT NULL,
+              (SELECT l.files_max_bytes FROM user_limits l WHERE l.user_id = t.user_id),
+              EXISTS (SELECT 1 FROM task_dependencies d WHERE d.task_id = t.id);
     -- The claimed left the window by trigger; those it did not take (claimed
     -- ahead only into a free slot) leave it too, for the next pick.
     DELETE FROM dispatched_tasks d WHERE d.task_id = ANY(picked_ids);

@@ -4,9 +4,12 @@
 -- Safe on a live system: a read-only view over unfinished tasks.
 --
 --   SELECT * FROM taskflow_user_backlog LIMIT 10;
-CREATE OR REPLACE VIEW taskflow_user_backlog AS
+-- (Dropped first: its columns changed, which CREATE OR REPLACE cannot do.)
+DROP VIEW IF EXISTS taskflow_user_backlog;
+CREATE VIEW taskflow_user_backlog AS
 SELECT t.user_id,
        u.email,
+       count(*) FILTER (WHERE t.status = 'blocked') AS blocked,
        count(*) FILTER (WHERE t.status = 'postponed') AS postponed,
        count(*) FILTER (WHERE t.status = 'queued') AS queued,
        count(*) FILTER (WHERE t.status = 'processing') AS processing,
@@ -19,7 +22,7 @@ SELECT t.user_id,
              AND t.status IN ('postponed', 'retrying'))) AS oldest_due_age
 FROM tasks t
 JOIN users u ON u.id = t.user_id
-WHERE t.status IN ('postponed', 'queued', 'processing', 'retrying')
+WHERE t.status IN ('blocked', 'postponed', 'queued', 'processing', 'retrying')
 GROUP BY t.user_id, u.email
 ORDER BY unfinished DESC, t.user_id;
 COMMENT ON VIEW taskflow_user_backlog IS

@@ -1,10 +1,12 @@
--- Why isn't this task running? One sentence about one task: not due until
--- when; waiting for a free worker (and how many tasks are ahead of it); which
--- worker holds its lease, until when; stuck past its lease; done; cancelled (by
--- whom, why); out of retries (after how many attempts, with the last error);
--- no live worker registered.
--- Safe on a live system: read-only; looks at one task, the workers and, for a
--- queued task, counts the queued tasks ahead of it.
+-- Why isn't this task running? One sentence about one task: blocked on
+-- which dependencies; not due until when; its type paused; held by a limit (naming it: max_running,
+-- type_max_running, email_per_user_per_minute); waiting for its turn (how many
+-- of its user's tasks go first, how many users share the slots); picked and
+-- on its way to a worker; which worker holds its lease, until when; stuck
+-- past its lease; done; cancelled (by whom, why); out of retries (after how
+-- many attempts, with the last error); no live worker registered.
+-- Safe on a live system: read-only; looks at one task, the workers, the
+-- limits and, for a queued task, counts what is ahead of it.
 --
 --   SELECT taskflow_why('0194f9f2-6d3c-7c1e-9a4b-2f0e8d7c6b5a');
 --   SELECT id, taskflow_why(id) FROM taskflow_due_unclaimed LIMIT 5;
@@ -19,6 +21,13 @@ DECLARE
     live_slots bigint;
     busy_slots bigint;
     ahead bigint;
+    users_waiting bigint;
+    running bigint;
+    cap integer;
+    email_cap integer;
+    picked_at timestamptz;
+    paused paused_task_types%ROWTYPE;
+    fair dispatch_settings%ROWTYPE;
     queued_since timestamptz;
     answer text;
 BEGIN
@@ -60,6 +69,18 @@ BEGIN
                       coalesce(cancel_event.actor, 'an unknown actor'),
                       coalesce(': ' || cancel_event.error, ''), task.id);
 
+    WHEN 'blocked' THEN
+        SELECT string_agg(format('%s (%s, %s)', w.waits_for, w.waits_for_type,
+                                 coalesce(w.waits_for_status::text, 'deleted')),
+                          ', ' ORDER BY w.waits_for)
+        INTO answer
+        FROM (SELECT * FROM taskflow_blocked b WHERE b.id = taskflow_why.task_id LIMIT 5) AS w;
+        ahead := (SELECT count(*) FROM taskflow_blocked b WHERE b.id = taskflow_why.task_id);
+        RETURN format('blocked: waits for %s of its dependencies to be done: %s%s; it runs when '
+                      'all are done, and is cancelled if one fails for good',
+                      ahead, coalesce(answer, 'none (it should be promoted at once)'),
+                      CASE WHEN ahead > 5 THEN ', ...' ELSE '' END);
+
     WHEN 'postponed', 'retrying' THEN
         IF task.run_at <= now() THEN
             answer := format('%s and due since %s (%s ago), but not queued yet: the scheduler '
@@ -95,35 +116,88 @@ BEGIN
         answer := format('queued for %s (since %s)',
                          taskflow_format_duration(now() - queued_since),
                          taskflow_format_time(queued_since));
+        SELECT * INTO paused FROM paused_task_types p WHERE p.type = task.type;
+        IF FOUND THEN
+            RETURN answer || format(': its type %s is paused (since %s, by %s%s); no worker '
+                                    'claims it until SELECT taskflow_resume_type(%L);',
+                                    task.type, taskflow_format_time(paused.paused_at),
+                                    paused.paused_by, coalesce(': ' || paused.reason, ''),
+                                    task.type);
+        END IF;
         IF live_workers = 0 THEN
             RETURN answer || format(', but no live worker is registered (none has heartbeated '
                                     'in the last %s): start `taskflow worker`',
                                     taskflow_format_duration(alive_window));
         END IF;
-        -- Claim order without a broker: priority, then due time (tasks_queued_idx).
+        SELECT d.dispatched_at INTO picked_at FROM dispatched_tasks d
+        WHERE d.task_id = taskflow_why.task_id;
+        IF FOUND THEN
+            answer := answer || format(': picked %s ago and on its way to a worker (in the '
+                                       'dispatch window)', taskflow_format_duration(now() - picked_at));
+            IF now() - picked_at > interval '10 seconds' THEN
+                answer := answer || '; nobody has claimed it yet: an idle worker takes it '
+                                    'within a poll interval, and the dispatcher publishes it '
+                                    'again after republish_after_seconds';
+            END IF;
+            RETURN answer;
+        END IF;
+        -- Held by a cap of SPEC §8? The limits as the schedulers run them.
+        SELECT * INTO fair FROM dispatch_settings;
+        SELECT coalesce(l.max_running, fair.user_max_running),
+               coalesce(l.email_per_minute, fair.email_per_user_per_minute)
+        INTO cap, email_cap
+        FROM (SELECT 1) AS one LEFT JOIN user_limits l ON l.user_id = task.user_id;
+        IF cap > 0 THEN
+            SELECT (SELECT count(*) FROM tasks p
+                    WHERE p.status = 'processing' AND p.user_id = task.user_id)
+                   + (SELECT count(*) FROM dispatched_tasks d WHERE d.user_id = task.user_id)
+            INTO running;
+            IF running >= cap THEN
+                RETURN answer || format(': held by max_running: its user runs %s task(s) at '
+                                        'once, the most allowed (%s: user_limits.max_running, '
+                                        'else user_max_running)', running, cap);
+            END IF;
+        END IF;
+        cap := coalesce((fair.type_max_running ->> task.type)::integer, 0);
+        IF cap > 0 THEN
+            SELECT (SELECT count(*) FROM tasks p
+                    WHERE p.status = 'processing' AND p.type = task.type)
+                   + (SELECT count(*) FROM dispatched_tasks d WHERE d.type = task.type)
+            INTO running;
+            IF running >= cap THEN
+                RETURN answer || format(': held by type_max_running: %s task(s) of type %s run '
+                                        'at once across all workers, the most allowed (%s)',
+                                        running, task.type, cap);
+            END IF;
+        END IF;
+        IF task.type = 'send_email' AND email_cap > 0 THEN
+            SELECT (SELECT count(*) FROM tasks e
+                    WHERE e.user_id = task.user_id AND e.type = 'send_email'
+                      AND e.started_at > now() - interval '1 minute')
+                   + (SELECT count(*) FROM dispatched_tasks d
+                      WHERE d.user_id = task.user_id AND d.type = 'send_email')
+            INTO running;
+            IF running >= email_cap THEN
+                RETURN answer || format(': held by email_per_user_per_minute: its user sent '
+                                        '%s email(s) in the last minute, the most allowed (%s); '
+                                        'it waits, it does not fail', running, email_cap);
+            END IF;
+        END IF;
+        -- Waiting for its turn: round-robin over users, then the user's own order.
         SELECT count(*) INTO ahead FROM tasks q
-        WHERE q.status = 'queued'
+        WHERE q.status = 'queued' AND q.user_id = task.user_id
           AND (q.priority > task.priority
-               OR (q.priority = task.priority AND (q.run_at, q.id) < (task.run_at, task.id)));
+               OR (q.priority = task.priority AND (q.run_at, q.id) < (task.run_at, task.id)))
+          AND NOT EXISTS (SELECT 1 FROM dispatched_tasks d WHERE d.task_id = q.id);
+        SELECT count(DISTINCT q.user_id) INTO users_waiting FROM tasks q WHERE q.status = 'queued';
         SELECT count(*) INTO busy_slots FROM tasks p JOIN workers w ON w.id = p.worker_id
         WHERE p.status = 'processing' AND w.stopped_at IS NULL
           AND w.last_heartbeat_at > now() - alive_window;
-        answer := answer || format(': waiting for %s; %s task(s) ahead of it (higher '
-                                   'priority, or due earlier); %s live worker(s) with %s '
-                                   'slot(s), %s busy',
-                                   CASE WHEN busy_slots < live_slots THEN 'a worker to claim it'
-                                        ELSE 'a free worker' END,
-                                   ahead, live_workers, live_slots, busy_slots);
-        IF busy_slots < live_slots AND now() - queued_since > interval '10 seconds' THEN
-            -- Workers on RabbitMQ only hear of ids published to it; a task queued
-            -- in SQL (by hand, or after a lost publish) waits for the scheduler's
-            -- republish pass.
-            answer := answer || '. Slots are free, yet nobody has claimed it: with RabbitMQ, '
-                                'a task queued outside the API is published by the '
-                                'scheduler''s republish pass (republish_after_seconds, 30 s by '
-                                'default); check that a scheduler is running and RabbitMQ is up';
-        END IF;
-        RETURN answer;
+        RETURN answer || format(': waiting for its turn; %s of its user''s queued task(s) go '
+                                'first (higher priority, or due earlier); %s user(s) have '
+                                'queued tasks and take free slots in turn; %s live worker(s) '
+                                'with %s slot(s), %s busy',
+                                ahead, users_waiting, live_workers, live_slots, busy_slots);
 
     WHEN 'processing' THEN
         SELECT * INTO holder FROM workers w WHERE w.id = task.worker_id;

@@ -1,14 +1,13 @@
 -- Run a failed or cancelled task again, by hand. It gets a fresh set of
 -- attempts (attempts = 0); its history keeps the old ones. Returns true when
 -- the task was re-queued; false (with a NOTICE saying why) when it was not
--- failed or cancelled, or does not exist: a done, waiting or running task is
--- left exactly as it was.
+-- failed or cancelled, or does not exist, or waits for a dependency that is
+-- not done (retry that one first): such a task is left exactly as it was.
 -- Safe on a live system: one guarded UPDATE of one row (WHERE status IN
 -- failed/cancelled), checked by the transition trigger. History records it as
 -- event 'retried' by actor 'ops:<your role>', with the reason in its error
--- column. Workers without a broker are woken at once by the trigger's NOTIFY;
--- with RabbitMQ, the task is published by the scheduler's republish pass, which
--- picks up tasks queued for republish_after_seconds (30 s by default).
+-- column. The trigger's NOTIFY wakes the dispatchers, which hand it to a
+-- worker in its turn.
 --
 --   SELECT taskflow_retry('0194f9f2-6d3c-7c1e-9a4b-2f0e8d7c6b5a', 'SMTP fixed');
 --   SELECT id, taskflow_retry(id, 'mail outage over') FROM taskflow_recent_failures
@@ -31,7 +30,10 @@ BEGIN
         started_at = NULL, finished_at = NULL, worker_id = NULL, lease_expires_at = NULL,
         updated_at = now()
     WHERE t.id = taskflow_retry.task_id
-      AND t.status = ANY ('{failed,cancelled}'::task_status[]);
+      AND t.status = ANY ('{failed,cancelled}'::task_status[])
+      AND NOT EXISTS (SELECT 1 FROM task_dependencies d
+                      LEFT JOIN tasks dep ON dep.id = d.depends_on_id
+                      WHERE d.task_id = t.id AND dep.status IS DISTINCT FROM 'done');
     changed := FOUND;
     IF changed AND reason IS NOT NULL THEN
         -- The trigger has just written this change's history row; our row lock
@@ -46,6 +48,11 @@ BEGIN
         SELECT t.status INTO found_status FROM tasks t WHERE t.id = taskflow_retry.task_id;
         RAISE NOTICE '%', CASE WHEN found_status IS NULL
                                THEN format('no task %s; nothing changed', task_id)
+                               WHEN found_status IN ('failed', 'cancelled')
+                               THEN format('task %s waits for a dependency that is not done '
+                                           '(SELECT * FROM task_dependencies WHERE task_id = %L); '
+                                           'retry that one first; nothing changed',
+                                           task_id, task_id)
                                ELSE format('task %s is %s: only failed or cancelled tasks can '
                                            'be retried; nothing changed', task_id, found_status)
                           END;

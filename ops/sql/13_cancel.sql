@@ -1,4 +1,4 @@
--- Cancel a task by hand: postponed, queued, retrying or processing. A running
+-- Cancel a task by hand: blocked, postponed, queued, retrying or processing. A running
 -- task's worker hears of it at once (the trigger sends NOTIFY taskflow_cancel)
 -- and stops its handler; its late outcome cannot land (the completion is fenced
 -- on status = 'processing'). Returns true when cancelled; false (with a NOTICE)
@@ -26,7 +26,7 @@ BEGIN
     SET status = 'cancelled', finished_at = now(), updated_at = now(),
         lease_expires_at = NULL, last_error = coalesce(reason, t.last_error)
     WHERE t.id = taskflow_cancel.task_id
-      AND t.status = ANY ('{postponed,queued,retrying,processing}'::task_status[]);
+      AND t.status = ANY ('{blocked,postponed,queued,retrying,processing}'::task_status[]);
     changed := FOUND;
     IF changed AND reason IS NOT NULL THEN
         UPDATE task_history h SET error = reason

@@ -20,9 +20,11 @@ from taskflow.handlers import Registry
 from taskflow.log import write_directly
 from taskflow.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from taskflow.store.accounts import AccountStore
+from taskflow.store.dependencies import DependencyStore
 from taskflow.store.events import LiveEventsStore
 from taskflow.store.operators import OperatorStore
 from taskflow.store.pool import Database, Listener
+from taskflow.store.schedules import ScheduleStore
 from taskflow.store.tasks import TaskStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class ApiServices:
     tasks: TaskStore
     events: LiveEventsStore
     operators: OperatorStore
+    schedules: ScheduleStore
+    dependencies: DependencyStore
     enqueuer: Enqueuer
     broker: Broker | None
     event_listener: Listener
@@ -74,7 +78,7 @@ def services() -> ApiServices:
 
 
 def create_app(settings: Settings, registry: Registry, open_services: OpenServices) -> Quart:
-    from taskflow.api import dashboard, events, files, health, openapi, tasks, users
+    from taskflow.api import dashboard, events, files, health, openapi, schedules, tasks, users
     from taskflow.api.errors import install_error_handlers
 
     app = Quart("taskflow")
@@ -132,6 +136,7 @@ def create_app(settings: Settings, registry: Registry, open_services: OpenServic
     install_error_handlers(app)
     app.register_blueprint(users.blueprint)
     app.register_blueprint(tasks.blueprint)
+    app.register_blueprint(schedules.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(files.blueprint)

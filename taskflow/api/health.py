@@ -21,7 +21,7 @@ async def healthz() -> Response:
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    for status in ("queued", "postponed", "retrying", "processing"):
+    for status in ("blocked", "queued", "postponed", "retrying", "processing"):
         QUEUE_DEPTH.labels(status).set(0)
         OLDEST_AGE_SECONDS.labels(status).set(0)
     for row in await services().operators.select_queue_depth():

@@ -20,6 +20,8 @@ from taskflow.models import (
     Credentials,
     LoginRequest,
     PasswordChange,
+    ScheduleCreate,
+    SchedulePatch,
     TaskPatch,
     TaskStatus,
 )
@@ -110,6 +112,13 @@ def build_document(registry: Registry) -> dict[str, Any]:
                     "max_retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 3},
                     "run_at": {"type": "string", "format": "date-time"},
                     "priority": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0},
+                    "depends_on": {
+                        "type": "array",
+                        "maxItems": 100,
+                        "description": 'task ids of the caller\'s, or "#n" for item n of '
+                        "the same batch: the task is blocked until all are done",
+                        "items": {"type": "string"},
+                    },
                 },
                 "additionalProperties": False,
             }
@@ -131,6 +140,27 @@ def build_document(registry: Registry) -> dict[str, Any]:
     not_found = {"400": _error("malformed id"), "404": _error("no such task (or not yours)")}
 
     file_info = {"$ref": "#/components/schemas/FileInfo"}
+    linked = {
+        "type": "object",
+        "properties": {
+            "tasks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "type": {"type": "string"},
+                        "status": {"$ref": "#/components/schemas/TaskStatus"},
+                    },
+                },
+            },
+            "more": {"type": "boolean"},
+        },
+    }
+    links = {
+        "type": "object",
+        "properties": {"dependencies": linked, "dependents": linked},
+    }
     schemas["FileInfo"] = {
         "type": "object",
         "properties": {
@@ -149,6 +179,143 @@ def build_document(registry: Registry) -> dict[str, Any]:
 
     def op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
         return {"summary": summary, "responses": responses, **extra}
+
+    # ----- schedules (taskflow/api/schedules.py)
+    schedule_create = _schema(ScheduleCreate, schemas)
+    schedule_patch = _schema(SchedulePatch, schemas)
+    schemas["Schedule"] = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "name": {"type": "string"},
+            "cron": {"type": "string", "description": "5 fields, in `timezone`"},
+            "timezone": {"type": "string", "description": "IANA time zone name"},
+            "type": {"type": "string"},
+            "payload": {"type": "object"},
+            "max_retries": {"type": "integer", "minimum": 0, "maximum": 10},
+            "priority": {"type": "integer", "minimum": -100, "maximum": 100},
+            "paused": {"type": "boolean"},
+            "next_run_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "the next slot; null while paused (or until planned)",
+            },
+            "last_run_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "the latest slot that created a task",
+            },
+            "last_task_id": {"type": ["string", "null"], "format": "uuid"},
+            "last_skipped_at": {"type": ["string", "null"], "format": "date-time"},
+            "last_skip_reason": {
+                "type": ["string", "null"],
+                "description": "the creation limit that made the scheduler skip that slot",
+            },
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    }
+    schedule = {"$ref": "#/components/schemas/Schedule"}
+    schedule_id_param = {
+        "name": "schedule_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }
+    schedule_not_found = {
+        "400": _error("malformed id"),
+        "404": _error("no such schedule (or not yours)"),
+    }
+    schedule_paths: dict[str, Any] = {
+        "/api/schedules": {
+            "post": op(
+                "Create a schedule: each slot of its cron creates one task",
+                {
+                    "201": _json(schedule, "created; Location is its URL"),
+                    "400": _error("invalid cron, timezone, type, payload (details name the field)"),
+                    "429": _error("user_max_schedules reached"),
+                    **common,
+                },
+                security=secured,
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": schedule_create}},
+                },
+            ),
+            "get": op(
+                "List your schedules, oldest first",
+                {
+                    "200": _json(
+                        {"type": "array", "items": schedule}, "a page; Link rel=next for more"
+                    ),
+                    "400": _error("bad limit or cursor"),
+                    **common,
+                },
+                security=secured,
+                parameters=[
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+            ),
+        },
+        "/api/schedules/{schedule_id}": {
+            "parameters": [schedule_id_param],
+            "get": op(
+                "Get a schedule",
+                {"200": _json(schedule), **schedule_not_found, **common},
+                security=secured,
+            ),
+            "patch": op(
+                "Change a schedule; a new cron or timezone plans the next slot anew",
+                {
+                    "200": _json(schedule),
+                    **schedule_not_found,
+                    "409": _error("changed by another request at the same time"),
+                    **common,
+                },
+                security=secured,
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": schedule_patch}},
+                },
+            ),
+            "delete": op(
+                "Delete a schedule; the tasks it created stay",
+                {"204": {"description": "deleted"}, **schedule_not_found, **common},
+                security=secured,
+            ),
+        },
+        "/api/schedules/{schedule_id}/pause": {
+            "parameters": [schedule_id_param],
+            "post": op(
+                "Pause a schedule: no new slot creates a task",
+                {"200": _json(schedule), **schedule_not_found, **common},
+                security=secured,
+            ),
+        },
+        "/api/schedules/{schedule_id}/resume": {
+            "parameters": [schedule_id_param],
+            "post": op(
+                "Resume a schedule from its next future slot (missed slots are skipped)",
+                {
+                    "200": _json(schedule),
+                    **schedule_not_found,
+                    "409": _error("changed by another request at the same time"),
+                    **common,
+                },
+                security=secured,
+            ),
+        },
+    }
 
     paths: dict[str, Any] = {
         "/api/register": {
@@ -336,6 +503,14 @@ def build_document(registry: Registry) -> dict[str, Any]:
                 security=secured,
             ),
         },
+        "/api/tasks/{task_id}/dependencies": {
+            "parameters": [task_id_param],
+            "get": op(
+                "What a task waits for, and what waits for it",
+                {"200": _json(links), **not_found, **common},
+                security=secured,
+            ),
+        },
         "/api/tasks/{task_id}/cancel": {
             "parameters": [task_id_param],
             "post": op(
@@ -431,6 +606,7 @@ def build_document(registry: Registry) -> dict[str, Any]:
                 security=secured,
             ),
         },
+        **schedule_paths,
         "/healthz": {"get": op("Liveness", {"200": _json({"type": "object"})})},
         "/readyz": {
             "get": op(

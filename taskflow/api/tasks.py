@@ -1,4 +1,5 @@
-"""/api/tasks: create, batch create, list, get, history, patch, cancel, retry, delete.
+"""/api/tasks: create, batch create, list, get, history, dependencies, patch,
+cancel, retry, delete.
 
 Another user's task is indistinguishable from a missing one: always 404.
 """
@@ -29,6 +30,7 @@ from taskflow.models import (
     TaskPatch,
     TaskStatus,
 )
+from taskflow.store.dependencies import LINKS_LIMIT
 from taskflow.store.pool import Record
 from taskflow.store.tasks import TaskStore
 
@@ -240,6 +242,27 @@ async def get_task_history(raw_id: str) -> Response:
     return json_response([{field: row[field] for field in HISTORY_FIELDS} for row in rows])
 
 
+def _link_json(rows: list[Record]) -> dict[str, Any]:
+    shown = rows[:LINKS_LIMIT]
+    return {
+        "tasks": [{"id": r["id"], "type": r["type"], "status": r["status"]} for r in shown],
+        "more": len(rows) > LINKS_LIMIT,
+    }
+
+
+@blueprint.get("/api/tasks/<raw_id>/dependencies")
+@require_user
+async def get_task_dependencies(raw_id: str) -> Response:
+    """What the task waits for (``dependencies``) and what waits for it
+    (``dependents``), each with its status; at most LINKS_LIMIT of each."""
+    task_id = parse_task_id(raw_id)
+    await _own_task(task_id)
+    links = await services().dependencies.links(task_id)
+    return json_response(
+        {"dependencies": _link_json(links.dependencies), "dependents": _link_json(links.dependents)}
+    )
+
+
 def _not_in(row: Record, allowed: frozenset[TaskStatus], action: str) -> InvalidTransition:
     wanted = ", ".join(sorted(allowed))
     return InvalidTransition(
@@ -299,6 +322,20 @@ async def retry_task(raw_id: str) -> Response:
     row = await _store().retry_finished_task(task_id, user_id, actor=f"api:user {user_id}")
     if row is None:
         latest = await _own_task(task_id)
+        if latest["status"] in RETRYABLE:
+            waiting = await services().dependencies.unfinished(task_id)
+            if waiting:
+                raise InvalidTransition(
+                    "cannot retry a task whose dependencies are not all done: "
+                    "retry or wait for them first",
+                    details={
+                        "status": latest["status"],
+                        "waits_for": [
+                            {"id": str(w["id"]), "status": w["status"] or "deleted"}
+                            for w in waiting
+                        ],
+                    },
+                )
         raise _not_in(latest, RETRYABLE, "retry")
     return json_response(task_json(row))
 

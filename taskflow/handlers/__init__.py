@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,9 @@ class TaskContext:
     # No retry follows a failure of this attempt: the retry rule's answer
     # (taskflow.retries), read from the claim rather than restated here.
     is_last_attempt: bool = False
+    # The results of the tasks this one waited for (depends_on), by task id,
+    # oldest first: every one of them is done.
+    dependencies: Mapping[UUID, JSONValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,12 @@ WHERE stopped_at IS NULL AND last_heartbeat_at > now() - make_interval(secs => $
 # How many ids are on their way to workers now: the window's fill.
 COUNT_DISPATCHED = "SELECT count(*) FROM dispatched_tasks"
 DISPATCH = "SELECT id, user_id, type FROM taskflow_dispatch($1, $2, $3, $4)"
+# The defaults the pick runs with, where taskflow_why() and the operator
+# views read them (db/migrations/0012).
+WRITE_DISPATCH_SETTINGS = """
+UPDATE dispatch_settings SET user_max_running = $1, type_max_running = $2,
+    email_per_user_per_minute = $3, written_by = $4, written_at = now()
+"""
 # Ids picked but never claimed (a publish lost with RabbitMQ, a worker that
 # died holding the message): picked again in place, and published again.
 # SKIP LOCKED: two dispatchers never republish the same mark.
@@ -68,7 +74,7 @@ UNDISPATCH = "DELETE FROM dispatched_tasks WHERE task_id = ANY($1::uuid[])"
 # Taken straight from the pick by a worker (no broker, or idle and woken).
 CLAIM_FAIR = """
 SELECT id, user_id, type, payload, attempts, max_retries, result, claim_token, run_at,
-       last_attempt, started
+       last_attempt, started, files_max_bytes, has_dependencies
 FROM taskflow_claim_fair($1, $2, $3, $4, $5, $6, $7)
 """
 # Balancing: ids picked a while ago that nobody claimed yet, typically waiting
@@ -78,6 +84,7 @@ CLAIM_STALE_DISPATCHED = """
 WITH stale AS (
     SELECT d.task_id FROM dispatched_tasks d
     WHERE d.dispatched_at < now() - make_interval(secs => $4)
+      AND NOT EXISTS (SELECT 1 FROM paused_task_types p WHERE p.type = d.type)
     ORDER BY d.dispatched_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -89,7 +96,10 @@ FROM stale WHERE t.id = stale.task_id AND t.status::text = 'queued'
 RETURNING t.id, t.user_id, t.type, t.payload, t.attempts, t.max_retries, t.result,
           t.claim_token, t.run_at,
           taskflow_attempt_status(t.attempts, t.max_retries, false) = 'failed' AS last_attempt,
-          true AS started
+          true AS started,
+          (SELECT l.files_max_bytes FROM user_limits l WHERE l.user_id = t.user_id)
+              AS files_max_bytes,
+          EXISTS (SELECT 1 FROM task_dependencies d WHERE d.task_id = t.id) AS has_dependencies
 """
 
 

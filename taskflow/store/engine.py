@@ -22,11 +22,17 @@ from taskflow.store.pool import Queries, Record, name_change
 # last_attempt: whether a failure of this attempt ends the task, by the one
 # retry rule (taskflow/retries.py), for the handler's context. started: the
 # claim marked the attempt as started (started_at), see below.
+# files_max_bytes: the owner's user_files_max_bytes override (NULL: the
+# default), for the handler's file area. has_dependencies: the handler's
+# ctx.dependencies is worth reading. Every claim path returns these same
+# columns (store/dispatch.py, db/functions/50_fair_dispatch.sql).
 CLAIMED_COLUMNS = """
     t.id, t.user_id, t.type, t.payload, t.attempts, t.max_retries, t.result,
     t.claim_token, t.run_at,
     taskflow_attempt_status(t.attempts, t.max_retries, false) = 'failed' AS last_attempt,
-    t.started_at IS NOT NULL AS started
+    t.started_at IS NOT NULL AS started,
+    (SELECT l.files_max_bytes FROM user_limits l WHERE l.user_id = t.user_id) AS files_max_bytes,
+    EXISTS (SELECT 1 FROM task_dependencies d WHERE d.task_id = t.id) AS has_dependencies
 """
 # The worker's statements by id compare the status as text ("t.status::text =
 # 'processing'"). Compared as an enum, the guard matches the predicate of a
@@ -41,7 +47,8 @@ CLAIMED_COLUMNS = """
 # already claimed, finished or cancelled) matches nothing and is dropped, and
 # so does an id the fair pick did not send (no dispatched_tasks row: from a
 # message that outlived a crash, or published by hand): every cap is counted
-# over what the pick sent, so nothing else may be claimed by id.
+# over what the pick sent, so nothing else may be claimed by id. Nor is a task
+# of a type paused since it was picked.
 #
 # Started or claimed ahead: the first $4 ids go to free slots and start at
 # once, so the claim marks them started (started_at). The others wait in the
@@ -59,6 +66,7 @@ FROM unnest($1::uuid[]) WITH ORDINALITY AS w(id, position)
 WHERE t.id = w.id AND t.status::text = 'queued'
   AND (w.position <= $4 OR t.unstarted_rescues = 0)
   AND EXISTS (SELECT 1 FROM dispatched_tasks d WHERE d.task_id = t.id)
+  AND NOT EXISTS (SELECT 1 FROM paused_task_types p WHERE p.type = t.type)
 RETURNING {CLAIMED_COLUMNS}
 """
 # Fenced: only the attempt holding claim_token may write its outcome. A worker

@@ -14,8 +14,9 @@ from uuid import UUID
 import asyncpg
 
 from taskflow.errors import ConfigError
+from taskflow.store.dispatch import WRITE_DISPATCH_SETTINGS, FairLimits
+from taskflow.store.inserts import TASK_COLUMNS
 from taskflow.store.pool import Queries, Record
-from taskflow.store.tasks import TASK_COLUMNS
 
 # Each arm is answered from its own partial index, so a scrape stays cheap with
 # millions of finished rows. Waiting statuses report their most overdue row.
@@ -31,6 +32,9 @@ UNION ALL
 SELECT 'processing', count(*),
        coalesce(extract(epoch FROM now() - min(started_at)), 0)
 FROM tasks WHERE status = 'processing'
+UNION ALL
+SELECT 'blocked', count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)
+FROM tasks WHERE status = 'blocked'
 """
 SELECT_DATABASE_CLOCK = "SELECT now() AS now, current_database() AS database"
 # The views read this setting (default 90 s); the CLI knows the real lease.
@@ -125,6 +129,10 @@ class OperatorStore(Queries):
     async def _fetch_view_value(self, query: str, *args: Any) -> Any:
         rows = await self._fetch_views(query, *args)
         return rows[0][0]
+
+    async def write_dispatch_settings(self, limits: FairLimits, *, written_by: str) -> None:
+        """The defaults the fair pick runs with, for taskflow_why() and the views."""
+        await self.pool.execute(WRITE_DISPATCH_SETTINGS, *limits.arguments(), written_by)
 
     async def select_queue_depth(self) -> list[Record]:
         """For /metrics: tasks and the oldest age per waiting status."""

@@ -1,4 +1,5 @@
-"""The API's task queries: create, read, list, edit, cancel, retry, delete.
+"""The API's task queries: read, list, edit, cancel, retry, delete (create:
+:mod:`taskflow.store.inserts`).
 
 Every query is scoped to its owner (``user_id``), except where an operator
 passes None: another user's task is indistinguishable from a missing one.
@@ -6,7 +7,6 @@ passes None: another user's task is indistinguishable from a missing one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,49 +14,14 @@ from uuid import UUID
 
 import asyncpg
 
-from taskflow.errors import IdempotencyKeyReused, ValidationFailed
+from taskflow.errors import ValidationFailed
 from taskflow.models import EDITABLE, RETRYABLE, TERMINAL, TaskStatus
-from taskflow.store.pool import Queries, Record, name_change
+from taskflow.store.inserts import TASK_COLUMNS, TaskInserts
+from taskflow.store.inserts import UNLIMITED as UNLIMITED
+from taskflow.store.inserts import Admission as Admission
+from taskflow.store.inserts import NewTask as NewTask
+from taskflow.store.pool import Record, name_change
 
-TASK_COLUMNS = """
-    id, user_id, type, payload, status, priority, attempts, retries, max_retries,
-    run_at, created_at, updated_at, started_at, finished_at, last_error, result
-"""
-
-# A run_at in the future makes the task postponed; otherwise it is queued now.
-INSERT_TASK = f"""
-INSERT INTO tasks (id, user_id, type, payload, status, priority, max_retries, run_at,
-                   idempotency_key, request_hash)
-VALUES ($1, $2, $3, $4,
-        CASE WHEN $7::timestamptz > now() THEN 'postponed' ELSE 'queued' END::task_status,
-        $5, $6, coalesce($7::timestamptz, now()), $8, $9)
-ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING {TASK_COLUMNS}
-"""
-SELECT_TASK_BY_IDEMPOTENCY_KEY = f"""
-SELECT {TASK_COLUMNS}, request_hash FROM tasks WHERE user_id = $1 AND idempotency_key = $2
-"""
-INSERT_TASKS = f"""
-INSERT INTO tasks (id, user_id, type, payload, status, priority, max_retries, run_at)
-SELECT t.id, $1, t.type, t.payload,
-       CASE WHEN t.run_at > now() THEN 'postponed' ELSE 'queued' END::task_status,
-       t.priority, t.max_retries, coalesce(t.run_at, now())
-FROM unnest($2::uuid[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[], $7::timestamptz[])
-     WITH ORDINALITY AS t(id, type, payload, priority, max_retries, run_at, position)
-ORDER BY t.position
-RETURNING {TASK_COLUMNS}
-"""
-# Single creates of many requests at once, in one statement (group commit).
-INSERT_TASKS_OF_USERS = f"""
-INSERT INTO tasks (id, user_id, type, payload, status, priority, max_retries, run_at)
-SELECT t.id, t.user_id, t.type, t.payload,
-       CASE WHEN t.run_at > now() THEN 'postponed' ELSE 'queued' END::task_status,
-       t.priority, t.max_retries, coalesce(t.run_at, now())
-FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[],
-            $7::timestamptz[])
-     AS t(id, user_id, type, payload, priority, max_retries, run_at)
-RETURNING {TASK_COLUMNS}
-"""
 _TASK_COLUMN_NAMES = [name.strip() for name in TASK_COLUMNS.split(",")]
 _TASK_COLUMNS_OF_T = ", ".join(f"t.{name}" for name in _TASK_COLUMN_NAMES)
 _TASK_COLUMNS_OF_NEXT = ", ".join(f"next.{name}" for name in _TASK_COLUMN_NAMES)
@@ -135,12 +100,15 @@ UPDATE tasks SET status = 'cancelled', finished_at = now(), updated_at = now(),
 WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2) AND status = ANY($4::task_status[])
 RETURNING {TASK_COLUMNS}
 """
-# A manual retry gives the task a fresh set of attempts; history keeps the old ones.
+# A manual retry gives the task a fresh set of attempts; history keeps the old
+# ones. Refused while a dependency is not done: the task would run without it.
 RETRY_FINISHED_TASK = f"""
 UPDATE tasks SET status = 'queued', attempts = 0, lease_crashes = 0, run_at = now(),
                  started_at = NULL, finished_at = NULL, worker_id = NULL,
                  lease_expires_at = NULL, updated_at = now()
 WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2) AND status = ANY($3::task_status[])
+  AND NOT EXISTS (SELECT 1 FROM task_dependencies d LEFT JOIN tasks dep ON dep.id = d.depends_on_id
+                  WHERE d.task_id = $1 AND dep.status IS DISTINCT FROM 'done')
 RETURNING {TASK_COLUMNS}
 """
 DELETE_FINISHED_TASK = """
@@ -150,92 +118,15 @@ RETURNING id
 
 
 @dataclass(frozen=True, slots=True)
-class NewTask:
-    id: UUID
-    type: str
-    payload: dict[str, Any]
-    priority: int
-    max_retries: int
-    run_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
 class TaskPage:
     rows: list[Record]
     # Stopped short of the limit for its size: more rows may follow.
     cut: bool
 
 
-class TaskStore(Queries):
-    """The API's (and the Python enqueuer's) view of tasks."""
-
-    async def insert_task(
-        self,
-        user_id: int,
-        task: NewTask,
-        *,
-        idempotency_key: str | None = None,
-        request_hash: str | None = None,
-    ) -> tuple[Record, bool]:
-        """Insert one task; returns (row, created). A repeated Idempotency-Key
-        returns the original row with created=False."""
-        try:
-            row = await self.pool.fetchrow(
-                INSERT_TASK,
-                task.id,
-                user_id,
-                task.type,
-                task.payload,
-                task.priority,
-                task.max_retries,
-                task.run_at,
-                idempotency_key,
-                request_hash,
-            )
-        except asyncpg.ForeignKeyViolationError as exc:
-            raise ValidationFailed("the user of this token no longer exists") from exc
-        if row is not None:
-            return row, True
-        existing = await self.pool.fetchrow(
-            SELECT_TASK_BY_IDEMPOTENCY_KEY, user_id, idempotency_key
-        )
-        if existing is None:  # deleted between the two statements
-            raise IdempotencyKeyReused("the task for this Idempotency-Key was just deleted")
-        if existing["request_hash"] != request_hash:
-            raise IdempotencyKeyReused()
-        return existing, False
-
-    async def insert_tasks(self, user_id: int, tasks: Sequence[NewTask]) -> list[Record]:
-        """All or nothing: one statement, one transaction."""
-        try:
-            return await self.pool.fetch(
-                INSERT_TASKS,
-                user_id,
-                [t.id for t in tasks],
-                [t.type for t in tasks],
-                [t.payload for t in tasks],
-                [t.priority for t in tasks],
-                [t.max_retries for t in tasks],
-                [t.run_at for t in tasks],
-            )
-        except asyncpg.ForeignKeyViolationError as exc:
-            raise ValidationFailed("the user of this token no longer exists") from exc
-
-    async def insert_tasks_of_users(self, items: Sequence[tuple[int, NewTask]]) -> list[Record]:
-        """Tasks of several users in one statement: all or nothing, and the
-        rows come back in the order of ``items``."""
-        rows = await self.pool.fetch(
-            INSERT_TASKS_OF_USERS,
-            [task.id for _, task in items],
-            [user_id for user_id, _ in items],
-            [task.type for _, task in items],
-            [task.payload for _, task in items],
-            [task.priority for _, task in items],
-            [task.max_retries for _, task in items],
-            [task.run_at for _, task in items],
-        )
-        by_id = {row["id"]: row for row in rows}
-        return [by_id[task.id] for _, task in items]
+class TaskStore(TaskInserts):
+    """The API's (and the Python enqueuer's) view of tasks; creating them is
+    :class:`taskflow.store.inserts.TaskInserts`."""
 
     async def select_own_task(self, task_id: UUID, user_id: int) -> Record | None:
         return await self.pool.fetchrow(SELECT_OWN_TASK, task_id, user_id)

@@ -47,8 +47,10 @@ from uuid import UUID
 from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.files import UserFiles
+from taskflow.files.quota import effective_quota
 from taskflow.handlers import Registry, TaskContext
 from taskflow.metrics import START_LATENCY_SECONDS
+from taskflow.store.dependencies import DependencyStore
 from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore, Outcome
 from taskflow.store.pool import DATABASE_ERRORS, Listener, Record
@@ -128,6 +130,7 @@ class Worker:
             stop=self._stop,
         )
         self.recorder = Recorder(settings, store)
+        self.dependencies = DependencyStore(store.pool)
 
     @property
     def completed(self) -> int:
@@ -402,7 +405,11 @@ class Worker:
                 running.stop_reason = running.stop_reason or "lease_lost"
                 raise asyncio.CancelledError("lease lost")
 
+        # Only for a task created with depends_on: a query the others skip.
+        dependencies = await self.dependencies.results(task_id) if row["has_dependencies"] else {}
+
         def make_context() -> TaskContext:
+            quota = effective_quota(row["files_max_bytes"], self.settings.user_files_max_bytes)
             return TaskContext(
                 task_id=task_id,
                 user_id=row["user_id"],
@@ -410,10 +417,11 @@ class Worker:
                 attempt=running.attempt,
                 max_retries=row["max_retries"],
                 settings=self.settings,
-                files=UserFiles(self.settings.base_file_path, row["user_id"]),
+                files=UserFiles(self.settings.base_file_path, row["user_id"], quota_bytes=quota),
                 previous_result=row["result"],
                 save_progress=save_progress,
                 is_last_attempt=row["last_attempt"],
+                dependencies=dependencies,
             )
 
         task_type = self.registry.get(running.task_type)

@@ -135,10 +135,20 @@ async def test_views_and_functions_are_discoverable(psql: asyncpg.Connection) ->
         "taskflow_user_backlog",
         "taskflow_open_transactions",
         "taskflow_table_health",
+        "taskflow_schedules",
+        "taskflow_blocked",
     }
     for view in views:
         assert await psql.fetchval("SELECT obj_description($1::regclass, 'pg_class')", view)
-    for function in ("taskflow_why", "taskflow_retry", "taskflow_cancel", "taskflow_requeue_stuck"):
+    for function in (
+        "taskflow_why",
+        "taskflow_retry",
+        "taskflow_cancel",
+        "taskflow_requeue_stuck",
+        "taskflow_pause_type",
+        "taskflow_resume_type",
+        "taskflow_settle_dependents",
+    ):
         described = await psql.fetchval(
             "SELECT obj_description(oid, 'pg_proc') FROM pg_proc WHERE proname = $1", function
         )
@@ -259,8 +269,8 @@ async def test_why_and_cancel_while_a_worker_runs(
             rf"worker {re.escape(worker.worker_id)} until \S+Z",
             await why(psql, long),
         )
-        assert "1 task(s) ahead of it" in await why(psql, behind[1])
-        assert "0 task(s) ahead of it" in await why(psql, behind[0])
+        assert "1 of its user's queued task(s) go first" in await why(psql, behind[1])
+        assert "0 of its user's queued task(s) go first" in await why(psql, behind[0])
         assert "1 live worker(s) with 1 slot(s), 1 busy" in await why(psql, behind[1])
 
         assert await psql.fetchval("SELECT taskflow_cancel($1, 'operator: wrong input')", long)

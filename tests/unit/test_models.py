@@ -22,6 +22,9 @@ S = TaskStatus
 
 # The diagram of SPEC §3, written out edge by edge, independently of models.py.
 SPEC_EDGES = {
+    (S.BLOCKED, S.QUEUED),
+    (S.BLOCKED, S.POSTPONED),
+    (S.BLOCKED, S.CANCELLED),
     (S.POSTPONED, S.QUEUED),
     (S.RETRYING, S.QUEUED),
     (S.QUEUED, S.PROCESSING),
@@ -46,7 +49,7 @@ def test_every_pair_matches_the_spec(source: TaskStatus, target: TaskStatus) -> 
 
 def test_derived_sets() -> None:
     assert {S.DONE, S.FAILED, S.CANCELLED} == TERMINAL
-    assert {S.POSTPONED, S.QUEUED, S.RETRYING, S.PROCESSING} == CANCELLABLE
+    assert {S.BLOCKED, S.POSTPONED, S.QUEUED, S.RETRYING, S.PROCESSING} == CANCELLABLE
     assert {S.POSTPONED, S.QUEUED, S.RETRYING} == EDITABLE
     assert {S.FAILED, S.CANCELLED} == RETRYABLE
     assert set(TRANSITIONS) == set(S)
