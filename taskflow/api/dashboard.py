@@ -11,7 +11,7 @@ is fetched with the token, then shown from a blob), so a task payload or a
 file name can never run as code even if it slipped into the page's markup.
 
 ``GET /api/admin/overview`` is for users marked ``users.is_admin`` (see
-``ops/README-dashboard.md``); anyone else gets a 403.
+``ops/README.md``, the operators' psql runbook); anyone else gets a 403.
 """
 
 from __future__ import annotations

@@ -22,12 +22,19 @@ LIVE_EVENT_COLUMNS = """
 """
 # Where "now" is in the event log: a new stream resumes from here.
 SELECT_HISTORY_WATERMARK = "SELECT coalesce(max(id), 0) FROM task_history"
-# The rows after the cursor ($2), at most $4; plus, best effort, rows before it
-# written up to $3 seconds before the cursor's own row: history ids are taken
-# at insert but seen at commit, so a transaction that took id 100 can commit
-# after the one that took 101, and a client that saw 101 still needs 100. The
-# stream drops the ids it already sent; the client drops those it has seen.
-# The two halves use the primary key and the BRIN index on task_history (at).
+# The rows after the cursor ($2), at most $4; plus, best effort, the rows at
+# and before it written up to $3 seconds before the cursor's own row: history
+# ids are taken at insert but seen at commit, so a transaction that took id
+# 100 can commit after the one that took 101, and a client that saw 101 still
+# needs 100. The row AT the cursor is sent too: a new stream's cursor is the
+# newest id when it opened, which it never sent, and replaying a task's rows
+# just before that without the cursor's own (its "completed", say) would leave
+# a client applying them in order one step behind. The stream drops the ids it
+# already sent; the client drops those it has seen.
+# The time is read from the nearest row at or before the cursor: the cursor's
+# own may be gone with its task (deleted), and without a time the look back
+# would quietly not happen. Both halves use the primary key, the second also
+# the BRIN index on task_history (at).
 SELECT_OWN_EVENTS_SINCE = f"""
 (SELECT {LIVE_EVENT_COLUMNS}
  FROM task_history h
@@ -39,8 +46,9 @@ UNION ALL
 (SELECT {LIVE_EVENT_COLUMNS}
  FROM task_history h
  JOIN tasks t ON t.id = h.task_id
- WHERE t.user_id = $1 AND h.id < $2
-   AND h.at >= (SELECT c.at FROM task_history c WHERE c.id = $2) - make_interval(secs => $3)
+ WHERE t.user_id = $1 AND h.id <= $2
+   AND h.at >= (SELECT c.at FROM task_history c WHERE c.id <= $2 ORDER BY c.id DESC LIMIT 1)
+               - make_interval(secs => $3)
  ORDER BY h.id DESC
  LIMIT $4)
 """
@@ -55,9 +63,10 @@ SELECT_OWN_TASK_EVENTS_SINCE = f"""
 UNION ALL
 (SELECT {LIVE_EVENT_COLUMNS}
  FROM task_history h
- WHERE h.task_id = $2 AND h.id < $3
+ WHERE h.task_id = $2 AND h.id <= $3
    AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = $2 AND t.user_id = $1)
-   AND h.at >= (SELECT c.at FROM task_history c WHERE c.id = $3) - make_interval(secs => $4)
+   AND h.at >= (SELECT c.at FROM task_history c WHERE c.id <= $3 ORDER BY c.id DESC LIMIT 1)
+               - make_interval(secs => $4)
  ORDER BY h.id DESC
  LIMIT $5)
 """

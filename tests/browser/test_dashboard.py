@@ -17,8 +17,23 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.browser.actions import (
+    LIVE_TIMEOUT_MS,
+    api_as,
+    assert_same_document,
+    create_task,
+    fill_task_form,
+    mark_document,
+    png,
+    row,
+    sign_in,
+    sign_out,
+    sign_up,
+    token_of,
+    upload,
+    wait_for_status,
+)
 from tests.browser.conftest import (
-    PASSWORD,
     PageWatch,
     Stack,
     new_page,
@@ -33,124 +48,6 @@ require_browser()
 from playwright.sync_api import expect  # noqa: E402  (after the check above)
 
 pytestmark = pytest.mark.browser
-
-LIVE_TIMEOUT_MS = 30_000
-
-
-# ----- helpers: what a user does
-
-
-def sign_up(page: Any, email: str) -> None:
-    page.goto("/#/login")
-    form = page.locator("#register")
-    form.locator('input[name="email"]').fill(email)
-    form.locator('input[name="password"]').fill(PASSWORD)
-    form.locator('button[type="submit"]').click()
-    expect(page.locator("#tasks-table")).to_be_visible()
-    expect(page.locator("#session-email")).to_have_text(email)
-
-
-def sign_in(page: Any, email: str, password: str = PASSWORD) -> None:
-    page.goto("/#/login")
-    form = page.locator("#sign-in")
-    form.locator('input[name="email"]').fill(email)
-    form.locator('input[name="password"]').fill(password)
-    form.locator('button[type="submit"]').click()
-
-
-def sign_out(page: Any) -> None:
-    page.locator("#sign-out").click()
-    expect(page.locator("#sign-in")).to_be_visible()
-
-
-def fill_task_form(
-    page: Any, task_type: str, fields: dict[str, str | bool], run_at: datetime | None = None
-) -> Any:
-    if not page.locator("#new-task").is_visible():
-        page.locator('#nav a[data-nav="tasks"]').click()
-    page.select_option("#new-task-type", task_type)
-    form = page.locator("#new-task")
-    for name, value in fields.items():
-        element = form.locator(f'[name="{name}"]')
-        if isinstance(value, bool):
-            element.set_checked(value)
-        else:
-            element.fill(value)
-    if run_at is not None:
-        form.locator("details.options summary").click()
-        # The browser runs in UTC (the context's timezone_id).
-        form.locator('[name="run_at"]').fill(run_at.strftime("%Y-%m-%dT%H:%M:%S"))
-    return form
-
-
-def create_task(
-    page: Any, task_type: str, fields: dict[str, str | bool], run_at: datetime | None = None
-) -> dict[str, Any]:
-    """Fill in and submit the create form; return the task the API created."""
-    form = fill_task_form(page, task_type, fields, run_at)
-    with page.expect_response(
-        lambda r: r.url.endswith("/api/tasks") and r.request.method == "POST"
-    ) as created:
-        form.locator('button[type="submit"]').click()
-    response = created.value
-    assert response.status == 201, response.text()
-    task: dict[str, Any] = response.json()
-    expect(row(page, task["id"])).to_be_visible()
-    return task
-
-
-def row(page: Any, task_id: str) -> Any:
-    return page.locator(f'#tasks-table tr[data-task-id="{task_id}"]')
-
-
-def wait_for_status(page: Any, task_id: str, status: str) -> None:
-    expect(row(page, task_id)).to_have_attribute("data-status", status, timeout=LIVE_TIMEOUT_MS)
-
-
-def mark_document(page: Any) -> None:
-    """A flag a reload would lose: proves that what follows happened live."""
-    page.evaluate("window.__sameDocument = true")
-
-
-def assert_same_document(page: Any) -> None:
-    assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
-
-
-def token_of(page: Any) -> str:
-    token: str = page.evaluate("sessionStorage.getItem('taskflow.token')")
-    assert token
-    return token
-
-
-def api_as(page: Any, token: str, method: str, path: str, **kwargs: Any) -> Any:
-    return page.request.fetch(
-        path, method=method, headers={"Authorization": f"Bearer {token}"}, **kwargs
-    )
-
-
-def png(tmp_path: Path, name: str = "photo.png") -> Path:
-    """A small, colourful PNG: a processed copy must look different."""
-    image = Image.new("RGB", (240, 160))
-    image.putdata(
-        [(x, y + 60, (x * y) % 256) for y in range(160) for x in range(240)]  # type: ignore[arg-type]
-    )
-    path = tmp_path / name
-    image.save(path)
-    return path
-
-
-def upload(page: Any, path: Path) -> None:
-    page.locator('#nav a[data-nav="files"]').click()
-    page.set_input_files("#upload-input", str(path))
-    with page.expect_response(
-        lambda r: "/api/files" in r.url and r.request.method == "POST"
-    ) as uploaded:
-        page.locator('#upload button[type="submit"]').click()
-    assert uploaded.value.status == 201, uploaded.value.text()
-    expect(page.locator(f'#files-table tr[data-file="{path.name}"]')).to_be_visible()
-
-
-# ----- the tests
 
 
 def test_sign_up_sign_out_and_sign_in(page: Any) -> None:
@@ -480,17 +377,22 @@ def test_operator_overview_for_admins_only(page: Any, stack: Stack) -> None:
     expect(page.locator("#nav-admin")).to_be_hidden()
     page.goto("/#/admin")
     expect(page.locator("#forbidden")).to_contain_text("Operators only")
+    # It points to the operators' runbook, a file that exists.
+    expect(page.locator("#forbidden")).to_contain_text("ops/README.md")
+    expect(page.locator("#forbidden")).not_to_contain_text("README-dashboard")
     assert api_as(page, token, "GET", "/api/admin/overview").status == 403
     screenshot(page, "07-operator-forbidden")
 
-    # What ops/README-dashboard.md tells an operator to run in psql.
+    # What ops/README.md tells an operator to run in psql.
     stack.sql("UPDATE users SET is_admin = true WHERE lower(email) = lower($1)", email.upper())
     sign_out(page)
     sign_in(page, email)
     expect(page.locator("#nav-admin")).to_be_visible()
     page.locator("#nav-admin").click()
     overview = page.locator("#overview")
-    expect(overview.locator("#queue-depth .tile")).to_have_count(7)
+    # A tile for every status the server counts.
+    statuses = api_as(page, token, "GET", "/api/admin/overview").json()["queue"]
+    expect(overview.locator("#queue-depth .tile")).to_have_count(len(statuses))
     expect(overview.locator('#queue-depth .tile[data-status="failed"] .number')).not_to_have_text(
         "0", timeout=LIVE_TIMEOUT_MS
     )

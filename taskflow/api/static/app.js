@@ -35,18 +35,28 @@ function route() {
     return;
   }
   showSession();
+  markCurrentLink(hash);
   for (const [pattern, render] of routes) {
     const match = hash.match(pattern);
     if (match) {
-      document.querySelectorAll("#nav a").forEach((link) => {
-        link.classList.toggle("active", hash.startsWith(link.getAttribute("href")));
-      });
       leaveView = render(match) || (() => {});
       return;
     }
   }
   clear(main, h("section", { class: "card" }, h("h1", {}, "Not found"),
     h("p", {}, h("a", { href: "#/tasks" }, "Back to your tasks"))));
+}
+
+/** The nav link of the page shown: "page" when it is that very page, "true"
+ * on a page within its section (one task, within Tasks). */
+function markCurrentLink(hash) {
+  document.querySelectorAll("#nav a").forEach((link) => {
+    const href = link.getAttribute("href");
+    const current = hash === href ? "page" : hash.startsWith(`${href}/`) ? "true" : null;
+    link.classList.toggle("active", current !== null);
+    if (current) link.setAttribute("aria-current", current);
+    else link.removeAttribute("aria-current");
+  });
 }
 
 function showSession() {

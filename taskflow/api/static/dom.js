@@ -64,6 +64,12 @@ export function formatBytes(size) {
   return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
 
+/** Ids are UUIDv7: the first digits are the creation time, shared by tasks
+ * created close together; the last ones tell them apart. */
+export function shortId(id) {
+  return `${id.slice(0, 8)}…${id.slice(-4)}`;
+}
+
 export function statusBadge(status) {
   return h("span", { class: `badge status-${status}`, dataset: { status } }, status);
 }

@@ -2,8 +2,7 @@
 // stuck and recently failed tasks. Admins only (the API answers 403 to others).
 
 import { api, ApiError } from "../api.js";
-import { clear, h, statusBadge, timeElement } from "../dom.js";
-import { shortId, STATUSES } from "./tasks.js";
+import { clear, h, shortId, statusBadge, timeElement } from "../dom.js";
 
 const REFRESH_MS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
@@ -30,7 +29,7 @@ export function renderAdmin(main) {
         clear(body, h("section", { class: "card notice", id: "forbidden" },
           h("h2", {}, "Operators only"),
           h("p", {}, "This overview is for accounts marked as admin in the database. ",
-            "An operator can mark one with psql (see ops/README-dashboard.md).")));
+            "An operator can mark one with psql (see ops/README.md).")));
       } else {
         clear(body, h("p", { class: "form-error" }, error.message));
         timer = setTimeout(refresh, REFRESH_MS);
@@ -52,9 +51,10 @@ function render(body, overview) {
   const retried = buckets.reduce((sum, b) => sum + b.retried, 0);
   clear(body,
     h("section", { class: "card" }, h("h2", {}, "Queue depth"),
-      h("div", { class: "tiles", id: "queue-depth" }, STATUSES.map((status) =>
+      // Every status the server counts, in its order: a new one shows up by itself.
+      h("div", { class: "tiles", id: "queue-depth" }, Object.entries(overview.queue).map(([status, count]) =>
         h("div", { class: "tile", dataset: { status } },
-          h("div", { class: "number" }, String(overview.queue[status] ?? 0)), statusBadge(status))))),
+          h("div", { class: "number" }, String(count)), statusBadge(status))))),
     h("div", { class: "columns" },
       h("section", { class: "card", id: "throughput" }, h("h2", {}, "Throughput, last hour"),
         sparkline(buckets),

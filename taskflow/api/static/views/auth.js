@@ -2,7 +2,7 @@
 
 import { api, ApiError, session } from "../api.js";
 import { clear, h } from "../dom.js";
-import { showErrors, clearErrors } from "./forms.js";
+import { clearErrors, field, formError, showErrors } from "./forms.js";
 
 export function renderSignIn(main, { onSignedIn }) {
   const signIn = credentialsForm("sign-in", "Sign in", "current-password", async (email, password) => {
@@ -29,15 +29,12 @@ export function renderSignIn(main, { onSignedIn }) {
 }
 
 function credentialsForm(id, title, autocomplete, submit) {
-  const form = h("form", { class: "card auth-form", id, novalidate: true },
-    h("h2", {}, title),
-    h("p", { class: "form-error", dataset: { errorFor: "(form)" }, hidden: true }),
-    h("label", {}, "E-mail",
-      h("input", { name: "email", type: "email", autocomplete: "username", required: true }),
-      h("span", { class: "field-error", dataset: { errorFor: "email" }, hidden: true })),
-    h("label", {}, "Password",
-      h("input", { name: "password", type: "password", autocomplete, required: true }),
-      h("span", { class: "field-error", dataset: { errorFor: "password" }, hidden: true })),
+  const heading = h("h2", { id: `${id}-title` }, title);
+  const form = h("form", { class: "card auth-form", id, novalidate: true, "aria-labelledby": heading.id },
+    heading,
+    formError(`${id}-error`),
+    field("E-mail", h("input", { name: "email", type: "email", autocomplete: "username", required: true })),
+    field("Password", h("input", { name: "password", type: "password", autocomplete, required: true })),
     h("button", { type: "submit", class: "primary" }, title));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();

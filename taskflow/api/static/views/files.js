@@ -2,24 +2,30 @@
 
 import { api, ApiError, downloadFile, fileUrl } from "../api.js";
 import { clear, formatBytes, h, timeElement, toast } from "../dom.js";
+import { formError } from "./forms.js";
 
 export function renderFiles(main) {
   const tbody = h("tbody");
   const input = h("input", { type: "file", name: "file", id: "upload-input", required: true });
   const rename = h("input", { type: "checkbox", name: "rename", id: "upload-rename" });
-  const error = h("p", { class: "form-error", hidden: true, id: "upload-error" });
-  const form = h("form", { class: "card", id: "upload" },
-    h("h2", {}, "Upload a file"), error,
-    h("div", { class: "row" }, input,
+  const error = formError("upload-error");
+  const form = h("form", { class: "card", id: "upload", "aria-labelledby": "upload-title" },
+    h("h2", { id: "upload-title" }, "Upload a file"), error,
+    h("div", { class: "row" },
+      h("label", { class: "visually-hidden", for: input.id }, "File to upload"), input,
       h("label", { class: "check" }, rename, "rename if the name is taken"),
       h("button", { type: "submit", class: "primary" }, "Upload")));
 
+  const fail = (message) => {
+    error.textContent = message;
+    error.focus();
+  };
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    error.hidden = true;
+    error.textContent = "";
     if (!input.files.length) {
-      error.textContent = "Choose a file first.";
-      error.hidden = false;
+      fail("Choose a file first.");
       return;
     }
     const button = form.querySelector("button");
@@ -36,19 +42,19 @@ export function renderFiles(main) {
       await reload();
     } catch (failure) {
       if (!(failure instanceof ApiError)) throw failure;
-      error.textContent = failure.message;
-      error.hidden = false;
+      fail(failure.message);
     } finally {
       button.disabled = false;
     }
   });
 
-  clear(main, form,
-    h("section", { class: "card" },
-      h("div", { class: "card-head" }, h("h2", {}, "My files"),
+  clear(main, h("h1", { class: "visually-hidden" }, "Files"), form,
+    h("section", { class: "card", "aria-labelledby": "my-files-title" },
+      h("div", { class: "card-head" }, h("h2", { id: "my-files-title" }, "My files"),
         h("button", { type: "button", onclick: () => reload() }, "Refresh")),
       h("table", { id: "files-table" },
-        h("thead", {}, h("tr", {}, ["Name", "Size", "Uploaded", ""].map((t) => h("th", {}, t)))),
+        h("thead", {}, h("tr", {}, ["Name", "Size", "Uploaded"].map((t) => h("th", { scope: "col" }, t)),
+          h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
         tbody)));
 
   async function reload() {
@@ -65,6 +71,7 @@ export function renderFiles(main) {
 
   function fileRow(file) {
     const remove = h("button", { type: "button", class: "small danger", dataset: { action: "delete" },
+      "aria-label": `Delete ${file.name}`,
       onclick: async () => {
         if (!confirm(`Delete ${file.name}?`)) return;
         remove.disabled = true;
@@ -84,6 +91,7 @@ export function renderFiles(main) {
       h("td", {}, timeElement(file.created_at)),
       h("td", { class: "actions" },
         h("button", { type: "button", class: "small", dataset: { action: "download" },
+          "aria-label": `Download ${file.name}`,
           onclick: () => downloadFile(file.name).catch((e) => toast(e.message, "error")) }, "Download"),
         remove));
   }

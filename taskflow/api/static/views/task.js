@@ -26,7 +26,13 @@ export function renderTask(main, taskId) {
       h("section", { class: "card" }, h("h2", {}, "Result"), result)),
     h("section", { class: "card" }, h("h2", {}, "History"), timeline));
 
+  let latestLoad = 0;
+
   async function load() {
+    // Only the answer to the newest request is shown: requests started in
+    // turn may be answered out of turn, and an older answer would take the
+    // page back to a state it has already left.
+    const mine = ++latestLoad;
     let task;
     let history;
     try {
@@ -34,10 +40,12 @@ export function renderTask(main, taskId) {
         api(`/api/tasks/${taskId}`), api(`/api/tasks/${taskId}/history`)]);
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
+      if (mine !== latestLoad) return;
       if (error.status === 404) gone();
       else toast(error.message, "error");
       return;
     }
+    if (mine !== latestLoad) return;
     clear(header,
       h("h1", {}, h("span", { class: "type" }, task.type), " ", h("span", { class: "mono muted" }, task.id)),
       h("div", { class: "head-right" }, statusBadge(task.status),

@@ -1,16 +1,27 @@
 // "My tasks": the create form, the filtered and paged table, live updates.
+//
+// A row shows the newest state of its task the page has seen, whether it
+// came from a page of the list, an event of the stream or the answer to one
+// of the row's buttons, and never goes back to an older one: the stream
+// replays the moments before it opened (and repeats itself after a
+// reconnect), and a page of the list may have been read before an event the
+// page already applied. views/freshness.js says how two states are ordered.
 
 import { api, ApiError, nextLink } from "../api.js";
-import { clear, debounce, h, statusBadge, timeElement, toast } from "../dom.js";
+import { clear, debounce, h, shortId, statusBadge, timeElement, toast } from "../dom.js";
 import { LiveStream } from "../live.js";
-import { clearErrors, field, showErrors } from "./forms.js";
+import { eventFields, isNewer, stampOfEvent, stampOfTask } from "./freshness.js";
+import { createForm, TYPES } from "./new_task.js";
 
-export const STATUSES = ["postponed", "queued", "processing", "retrying", "done", "failed", "cancelled"];
-export const TYPES = ["send_email", "process_image", "download_files"];
+const STATUSES = ["blocked", "postponed", "queued", "processing", "retrying", "done", "failed", "cancelled"];
 const PAGE_SIZE = 20;
-export const CANCELLABLE = new Set(["postponed", "queued", "processing", "retrying"]);
+export const CANCELLABLE = new Set(["blocked", "postponed", "queued", "processing", "retrying"]);
 export const RETRYABLE = new Set(["failed", "cancelled"]);
 export const FINISHED = new Set(["done", "failed", "cancelled"]);
+// The newest states remembered for tasks, on the page or not; the oldest
+// remembered are forgotten first. A forgotten task's row still has its own
+// state to compare with.
+const KNOWN_KEPT = 2000;
 
 export function renderTasks(main) {
   const state = {
@@ -20,6 +31,9 @@ export function renderTasks(main) {
     next: null,
     rows: new Map(),      // task id -> <tr>
   };
+  // task id -> {stamp, fields}: the newest state seen of each task (events,
+  // the buttons' answers), laid over a page of the list read before it.
+  const known = new Map();
   const tbody = h("tbody");
   const summary = h("span", { class: "muted", id: "page-summary" });
   const newer = h("button", { type: "button", id: "page-newer", disabled: true, onclick: () => go(state.page - 1) }, "← Newer");
@@ -32,15 +46,17 @@ export function renderTasks(main) {
     h("option", { value: "" }, "all types"), TYPES.map((t) => h("option", { value: t }, t)));
 
   clear(main,
+    h("h1", { class: "visually-hidden" }, "Tasks"),
     createForm(() => { if (state.page === 0) reload(); }),
-    h("section", { class: "card" },
+    h("section", { class: "card", "aria-labelledby": "my-tasks-title" },
       h("div", { class: "card-head" },
-        h("h2", {}, "My tasks"),
+        h("h2", { id: "my-tasks-title" }, "My tasks"),
         h("div", { class: "filters" }, statusFilter, typeFilter,
           h("button", { type: "button", onclick: () => reload() }, "Refresh"))),
       h("table", { class: "tasks", id: "tasks-table" },
         h("thead", {}, h("tr", {},
-          ["Task", "Type", "What", "Status", "Attempts", "Run at", "Updated", ""].map((t) => h("th", {}, t)))),
+          ["Task", "Type", "What", "Status", "Attempts", "Run at", "Updated"].map((t) => h("th", { scope: "col" }, t)),
+          h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
         tbody),
       h("div", { class: "pager" }, newer, summary, older)));
 
@@ -63,58 +79,80 @@ export function renderTasks(main) {
     await reload();
   }
 
+  /** Remember a state of a task if it is the newest seen; says whether it was. */
+  function remember(taskId, stamp, fields) {
+    const previous = known.get(taskId);
+    if (previous && !isNewer(stamp, previous.stamp)) return false;
+    known.delete(taskId);  // to the end of the Map's order: forgotten last
+    known.set(taskId, { stamp, fields });
+    if (known.size > KNOWN_KEPT) known.delete(known.keys().next().value);
+    return true;
+  }
+
+  /** Show a state of a task in its row, if it is newer than what the row shows. */
+  function offer(row, stamp, fields) {
+    if (!isNewer(stamp, stampOfTask(row.task))) return;
+    Object.assign(row.task, fields);
+    renderRow(row);
+  }
+
+  function onAction(row, changed) {
+    if (changed === null) {
+      row.remove();
+      state.rows.delete(row.task.id);
+    } else {
+      // A history id the answer does not carry is not the row's any more.
+      const fields = { history_id: null, ...changed };
+      const stamp = stampOfTask(fields);
+      remember(changed.id, stamp, fields);
+      offer(row, stamp, fields);
+    }
+    // Then the page from the server, which may have moved on meanwhile.
+    reloadSoon();
+  }
+
   let latestReload = 0;
-  let reloadsInFlight = 0;
-  // Events that arrive while a page is being fetched: the answer may predate
-  // them, so they are applied again once the new rows are on the page.
-  const arrivedDuringReload = new Map();
 
   async function reload() {
     // Only the newest answer is shown: an older one may predate a change
     // made since (a row deleted here must not come back).
     const mine = ++latestReload;
     const url = state.pages[state.page] || firstPageUrl();
-    reloadsInFlight += 1;
+    let response;
     try {
-      let response;
-      try {
-        response = await api(url, { raw: true });
-      } catch (error) {
-        if (error instanceof ApiError) toast(error.message, "error");
-        return;
-      }
-      const tasks = await response.json();
-      if (mine !== latestReload) return;
-      state.next = nextLink(response);
-      state.rows.clear();
-      clear(tbody, tasks.length ? tasks.map((task) => {
-        const row = taskRow(task, { onChanged: () => reloadSoon() });
-        state.rows.set(task.id, row);
-        return row;
-      }) : h("tr", { class: "empty" }, h("td", { colspan: 8 }, "No tasks here yet.")));
-      newer.disabled = state.page === 0;
-      older.disabled = !state.next;
-      summary.textContent = `Page ${state.page + 1}`;
-      for (const event of arrivedDuringReload.values()) {
-        const row = state.rows.get(event.task_id);
-        if (row && Date.parse(event.at) >= Date.parse(row.task.updated_at)) updateRow(row, event);
-      }
-    } finally {
-      reloadsInFlight -= 1;
-      if (reloadsInFlight === 0) arrivedDuringReload.clear();
+      response = await api(url, { raw: true });
+    } catch (error) {
+      if (error instanceof ApiError) toast(error.message, "error");
+      return;
     }
+    const tasks = await response.json();
+    if (mine !== latestReload) return;
+    state.next = nextLink(response);
+    state.rows.clear();
+    // Built, brought up to date and put on the page in one go: a row never
+    // shows the page's older state, not even for a frame.
+    const rows = tasks.map((task) => {
+      const row = taskRow(task, onAction);
+      const newest = known.get(task.id);
+      if (newest) offer(row, newest.stamp, newest.fields);
+      state.rows.set(task.id, row);
+      return row;
+    });
+    clear(tbody, rows.length ? rows : h("tr", { class: "empty" }, h("td", { colspan: 8 }, "No tasks here yet.")));
+    newer.disabled = state.page === 0;
+    older.disabled = !state.next;
+    summary.textContent = `Page ${state.page + 1}`;
   }
 
   // New tasks show up on the first page; changes update their row in place.
   const reloadSoon = debounce(reload, 250);
   const stream = new LiveStream("/api/events", {
     onEvent(event) {
-      if (reloadsInFlight > 0) {
-        const seen = arrivedDuringReload.get(event.task_id);
-        if (!seen || seen.id < event.id) arrivedDuringReload.set(event.task_id, event);
-      }
+      const stamp = stampOfEvent(event);
+      const fields = eventFields(event);
+      if (!remember(event.task_id, stamp, fields)) return;
       const row = state.rows.get(event.task_id);
-      if (row) updateRow(row, event);
+      if (row) offer(row, stamp, fields);
       else if (event.event === "created" && state.page === 0) reloadSoon();
     },
     onReady: () => reloadSoon(),
@@ -128,26 +166,21 @@ export function renderTasks(main) {
   };
 }
 
-/** One row of the table; updateRow() changes it when an event arrives. */
-export function taskRow(task, { onChanged }) {
+/** One row of the table; onAction(row, task or null) after one of its buttons. */
+export function taskRow(task, onAction) {
   const row = h("tr", { dataset: { taskId: task.id, status: task.status } },
     h("td", {}, h("a", { href: `#/tasks/${task.id}`, class: "mono", title: task.id }, shortId(task.id))),
     h("td", { class: "type" }, task.type),
     h("td", { class: "what", title: summary(task) }, summary(task)),
-    h("td", { class: "status" }, statusBadge(task.status)),
+    h("td", { class: "status" }),
     h("td", { class: "attempts" }),
     h("td", { class: "run-at" }, timeElement(task.run_at)),
-    h("td", { class: "updated" }, timeElement(task.updated_at)),
+    h("td", { class: "updated" }),
     h("td", { class: "actions" }));
   row.task = { ...task };
-  renderRow(row, onChanged);
+  row.onAction = onAction;
+  renderRow(row);
   return row;
-}
-
-/** Ids are UUIDv7: the first digits are the creation time, shared by tasks
- * created close together; the last ones tell them apart. */
-export function shortId(id) {
-  return `${id.slice(0, 8)}…${id.slice(-4)}`;
 }
 
 /** A few words on what the task does, from its payload. */
@@ -162,28 +195,13 @@ export function summary(task) {
   return "";
 }
 
-export function updateRow(row, event) {
-  Object.assign(row.task, { status: event.status, attempts: event.attempt, updated_at: event.at });
-  renderRow(row, row.onChanged);
-}
-
-function renderRow(row, onChanged) {
-  row.onChanged = onChanged;
+function renderRow(row) {
   const task = row.task;
   row.dataset.status = task.status;
   clear(row.querySelector(".status"), statusBadge(task.status));
   row.querySelector(".attempts").textContent = `${task.attempts} / ${task.max_retries + 1}`;
   clear(row.querySelector(".updated"), timeElement(task.updated_at));
-  clear(row.querySelector(".actions"), actionButtons(task, (changed) => {
-    if (changed === null) {
-      row.remove();
-    } else {
-      row.task = { ...changed };
-      renderRow(row, onChanged);
-    }
-    // Then the page from the server, which may have moved on meanwhile.
-    if (onChanged) onChanged();
-  }));
+  clear(row.querySelector(".actions"), actionButtons(task, (changed) => row.onAction(row, changed)));
 }
 
 /** Cancel / Retry / Delete, as the task's status allows. done(task or null). */
@@ -200,19 +218,23 @@ export function actionButtons(task, done) {
       button.disabled = false;
     }
   };
+  const label = `task ${shortId(task.id)}`;
   const buttons = [];
   if (CANCELLABLE.has(task.status)) {
     const button = h("button", { type: "button", class: "small", dataset: { action: "cancel" },
+      "aria-label": `Cancel ${label}`,
       onclick: () => act(button, "POST", `/api/tasks/${task.id}/cancel`, "Task cancelled") }, "Cancel");
     buttons.push(button);
   }
   if (RETRYABLE.has(task.status)) {
     const button = h("button", { type: "button", class: "small", dataset: { action: "retry" },
+      "aria-label": `Retry ${label}`,
       onclick: () => act(button, "POST", `/api/tasks/${task.id}/retry`, "Task queued again") }, "Retry");
     buttons.push(button);
   }
   if (FINISHED.has(task.status)) {
     const button = h("button", { type: "button", class: "small danger", dataset: { action: "delete" },
+      "aria-label": `Delete ${label}`,
       onclick: () => {
         if (confirm("Delete this task and its history?")) {
           act(button, "DELETE", `/api/tasks/${task.id}`, "Task deleted");
@@ -221,120 +243,4 @@ export function actionButtons(task, done) {
     buttons.push(button);
   }
   return buttons;
-}
-
-// ----- the create form
-
-// Laid out on a four-column grid; "wide" fields take a whole row.
-const FIELDS = {
-  send_email: () => [
-    field("To", h("input", { name: "to", type: "email", placeholder: "someone@example.com" })),
-    field("Subject", h("input", { name: "subject" }), null, "span-2"),
-    field("Attachments", h("input", { name: "attached_files", list: "my-files", placeholder: "report.pdf, photo.png" }),
-      "your files' names, comma-separated"),
-    field("Body (HTML)", h("textarea", { name: "body", rows: 2 }), null, "wide"),
-  ],
-  process_image: () => [
-    field("Image", h("input", { name: "path", list: "my-files", placeholder: "photo.png" }), "one of your files"),
-    field("Blur", h("input", { name: "blur", type: "number", step: "any" }), "radius, px"),
-    field("Sharpen", h("input", { name: "sharpen", type: "number", step: "any" }), "strength, 1 = standard"),
-    field("Gamma", h("input", { name: "gamma", type: "number", step: "any" }), "> 1 brightens"),
-    field("Contrast", h("input", { name: "contrast", type: "number", step: "any" }), "-100 … 100 %"),
-    field("Brightness", h("input", { name: "brightness", type: "number", step: "any" }), "-100 … 100 %"),
-    field("Saturation", h("input", { name: "saturation", type: "number", step: "any" }), "-100 … 100 %"),
-    h("div", { class: "checks" },
-      h("label", { class: "check" }, h("input", { name: "grayscale", type: "checkbox" }), "Grayscale"),
-      h("label", { class: "check" }, h("input", { name: "invert", type: "checkbox" }), "Invert")),
-  ],
-  download_files: () => [
-    field("URLs", h("textarea", { name: "urls", rows: 2, placeholder: "https://example.com/a.png" }),
-      "one per line, up to 20", "wide"),
-  ],
-};
-
-const NUMBERS = ["blur", "sharpen", "gamma", "contrast", "brightness", "saturation"];
-
-function payloadOf(type, form) {
-  const text = (name) => form.elements[name].value.trim();
-  if (type === "send_email") {
-    const payload = { to: text("to") };
-    if (text("subject")) payload.subject = text("subject");
-    if (form.elements.body.value.trim()) payload.body = form.elements.body.value;
-    const files = text("attached_files").split(",").map((s) => s.trim()).filter(Boolean);
-    if (files.length) payload.attached_files = files;
-    return payload;
-  }
-  if (type === "process_image") {
-    const payload = { path: text("path") };
-    for (const name of NUMBERS) {
-      // Sent as typed: "abc" reaches the API, which says what is wrong with it.
-      if (text(name) !== "") payload[name] = Number.isNaN(Number(text(name))) ? text(name) : Number(text(name));
-    }
-    if (form.elements.grayscale.checked) payload.grayscale = true;
-    if (form.elements.invert.checked) payload.invert = true;
-    return payload;
-  }
-  return { urls: form.elements.urls.value.split("\n").map((s) => s.trim()).filter(Boolean) };
-}
-
-/** "payload.urls.0" -> "urls"; "run_at" -> "run_at"; "payload" -> null (top). */
-function formField(apiField) {
-  const parts = apiField.split(".");
-  if (parts[0] === "payload") return parts[1] || null;
-  return ["max_retries", "run_at", "priority"].includes(parts[0]) ? parts[0] : null;
-}
-
-function createForm(onCreated) {
-  const typeSelect = h("select", { name: "type", id: "new-task-type" },
-    TYPES.map((t) => h("option", { value: t }, t)));
-  const payloadFields = h("fieldset", { class: "payload" });
-  const files = h("datalist", { id: "my-files" });
-  const form = h("form", { class: "card", id: "new-task", novalidate: true },
-    h("div", { class: "card-head" }, h("h2", {}, "New task"), typeSelect),
-    h("p", { class: "form-error", dataset: { errorFor: "(form)" }, hidden: true }),
-    payloadFields,
-    h("details", { class: "options" }, h("summary", {}, "Options: retries, priority, run later"),
-      h("div", { class: "row" },
-        field("Max retries", h("input", { name: "max_retries", type: "number", min: 0, max: 10, placeholder: "3" })),
-        field("Priority", h("input", { name: "priority", type: "number", min: -100, max: 100, placeholder: "0" })),
-        field("Run at", h("input", { name: "run_at", type: "datetime-local", step: 1 }), "empty: now"))),
-    h("div", { class: "form-actions" }, h("button", { type: "submit", class: "primary" }, "Create task")),
-    files);
-
-  const showFields = () => clear(payloadFields, FIELDS[typeSelect.value]());
-  typeSelect.addEventListener("change", () => { clearErrors(form); showFields(); });
-  showFields();
-  // Suggestions for file names: the user's own files.
-  api("/api/files").then((list) => clear(files, list.map((f) => h("option", { value: f.name })))).catch(() => {});
-
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    clearErrors(form);
-    const type = typeSelect.value;
-    const body = { type, payload: payloadOf(type, form) };
-    const number = (name) => form.elements[name].value.trim();
-    if (number("max_retries") !== "") body.max_retries = Number(number("max_retries"));
-    if (number("priority") !== "") body.priority = Number(number("priority"));
-    if (form.elements.run_at.value) {
-      const when = new Date(form.elements.run_at.value);
-      body.run_at = Number.isNaN(when.getTime()) ? form.elements.run_at.value : when.toISOString();
-    }
-    const button = form.querySelector('button[type="submit"]');
-    button.disabled = true;
-    try {
-      const task = await api("/api/tasks", { method: "POST", json: body });
-      toast(`Created ${task.type} task ${shortId(task.id)} (${task.status})`);
-      // Ready for the next one of the same type.
-      form.reset();
-      typeSelect.value = type;
-      showFields();
-      onCreated(task);
-    } catch (error) {
-      if (!(error instanceof ApiError)) throw error;
-      showErrors(form, error, formField);
-    } finally {
-      button.disabled = false;
-    }
-  });
-  return form;
 }
