@@ -29,6 +29,7 @@ from taskflow.store.dependencies import DependencyStore
 from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore
 from taskflow.store.events import LiveEventsStore
+from taskflow.store.limits import LimitsStore
 from taskflow.store.operators import OperatorStore
 from taskflow.store.pool import Database, Listener
 from taskflow.store.schedules import ScheduleStore
@@ -176,6 +177,7 @@ async def api_services(settings: Settings, registry: Registry) -> AsyncIterator[
             operators=OperatorStore(database.pool),
             schedules=ScheduleStore(database.pool),
             dependencies=DependencyStore(database.pool),
+            limits=LimitsStore(database.pool),
             enqueuer=enqueuer,
             broker=broker,
             event_listener=Listener(_dsn(settings), [EVENTS_CHANNEL], name="taskflow-api-events"),

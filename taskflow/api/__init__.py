@@ -22,6 +22,7 @@ from taskflow.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from taskflow.store.accounts import AccountStore
 from taskflow.store.dependencies import DependencyStore
 from taskflow.store.events import LiveEventsStore
+from taskflow.store.limits import LimitsStore
 from taskflow.store.operators import OperatorStore
 from taskflow.store.pool import Database, Listener
 from taskflow.store.schedules import ScheduleStore
@@ -54,6 +55,7 @@ class ApiServices:
     operators: OperatorStore
     schedules: ScheduleStore
     dependencies: DependencyStore
+    limits: LimitsStore
     enqueuer: Enqueuer
     broker: Broker | None
     event_listener: Listener
@@ -80,6 +82,7 @@ def services() -> ApiServices:
 def create_app(settings: Settings, registry: Registry, open_services: OpenServices) -> Quart:
     from taskflow.api import dashboard, events, files, health, openapi, schedules, tasks, users
     from taskflow.api.errors import install_error_handlers
+    from taskflow.api.limits import blueprint as limits_blueprint
 
     app = Quart("taskflow")
     app.config["MAX_CONTENT_LENGTH"] = settings.request_max_bytes
@@ -140,6 +143,7 @@ def create_app(settings: Settings, registry: Registry, open_services: OpenServic
     app.register_blueprint(health.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(files.blueprint)
+    app.register_blueprint(limits_blueprint)
     app.register_blueprint(events.blueprint)
     app.register_blueprint(dashboard.blueprint)
     return app

@@ -1,10 +1,11 @@
 """``taskflow``: the command line, and the composition root of every process.
 
 Each command lives in the module of its audience: ``services`` (api,
-scheduler, worker, up), ``operators`` (migrate, status, tasks), ``bench``.
-A command is a pair: ``add_<command>(commands)`` declares its parser, help and
-examples, and sets ``run``; ``run_<command>(args)`` loads the settings
-(``startup``), does the work and returns an exit code (``exits``).
+scheduler, worker, up), ``operators`` (migrate, status, tasks, pause,
+resume), ``bench``. A command is a pair: ``add_<command>(commands)``
+declares its parser, help and examples, and sets ``run``;
+``run_<command>(args)`` loads the settings (``startup``), does the work and
+returns an exit code (``exits``).
 ``COMMANDS`` lists them in the order ``taskflow --help`` shows; a new command
 is one more pair and one more entry there.
 """
@@ -27,6 +28,8 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     services.add_up,
     operators.add_status,
     operators.add_tasks,
+    operators.add_pause,
+    operators.add_resume,
     bench.add_bench,
 )
 

@@ -6,9 +6,10 @@ Exit codes (``taskflow --help`` prints this table, ``EXIT_CODES_HELP``)::
 
   0  ok
   1  problem found: `status --check` saw a warning; `tasks show|retry|cancel`
-     found no such task, or the task's status does not allow the change
-  2  usage error: a bad command line (argparse's own code), or `bench`
-     outside a source checkout
+     found no such task, or the task's status does not allow the change;
+     `pause` found the type paused already, `resume` found it not paused
+  2  usage error: a bad command line (argparse's own code), `pause` of an
+     unknown task type, or `bench` outside a source checkout
   3  configuration error: invalid config.json, environment or .env, or a
      database without TaskFlow's schema (run `taskflow migrate`)
   4  database unavailable: Postgres refused or did not answer (wrong host
@@ -43,9 +44,10 @@ class ExitCode(IntEnum):
 EXIT_CODES_HELP = """\
   0  ok
   1  problem found: `status --check` saw a warning; `tasks show|retry|cancel`
-     found no such task, or the task's status does not allow the change
-  2  usage error: a bad command line (argparse's own code), or `bench`
-     outside a source checkout
+     found no such task, or the task's status does not allow the change;
+     `pause` found the type paused already, `resume` found it not paused
+  2  usage error: a bad command line (argparse's own code), `pause` of an
+     unknown task type, or `bench` outside a source checkout
   3  configuration error: invalid config.json, environment or .env, or a
      database without TaskFlow's schema (run `taskflow migrate`)
   4  database unavailable: Postgres refused or did not answer (wrong host

@@ -1,11 +1,13 @@
 """The operator's commands: ``migrate`` prepares the database, ``status``
-gives the overview, ``tasks show|retry|cancel`` looks at and repairs one task.
-Their output is the answer, so they log only warnings."""
+gives the overview, ``tasks show|retry|cancel`` looks at and repairs one task,
+``pause|resume TYPE`` holds back and releases a task type. Their output is
+the answer, so they log only warnings."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import uuid
 
 from taskflow.cli.exits import ExitCode
@@ -74,8 +76,9 @@ def add_status(commands: Commands) -> None:
         description=(
             "The overview operators get from the taskflow_* views in psql: tasks per\n"
             "status and type, live and dead workers, tasks stuck past their lease, due\n"
-            "tasks nobody claims, recent failures, throughput, long transactions, and\n"
-            "a WARNING line for each thing to act on."
+            "tasks nobody claims, recent failures, throughput, long transactions, paused\n"
+            "task types, the users with the most running tasks, and a WARNING line for\n"
+            "each thing to act on (a paused type is one)."
         ),
         examples=[
             ("taskflow status", "the overview as tables"),
@@ -92,6 +95,13 @@ def add_status(commands: Commands) -> None:
     )
     parser.add_argument(
         "--failures", type=int, default=10, metavar="N", help="failures to list (default: 10)"
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=5,
+        metavar="N",
+        help="users to list by their share of running tasks (default: 5)",
     )
     parser.add_argument(
         "--long-transaction-seconds",
@@ -118,6 +128,7 @@ def run_status(args: argparse.Namespace) -> int:
     report = read_status(
         settings,
         failures_shown=args.failures,
+        users_shown=args.users,
         long_transaction_seconds=args.long_transaction_seconds,
         worker_alive_seconds=args.worker_alive_seconds,
     )
@@ -143,7 +154,7 @@ def add_tasks(commands: Commands) -> None:
         summary="show, retry or cancel one task, whoever owns it",
         examples=[
             ("taskflow tasks show ID", "the task, its history, and why it is (not) running"),
-            ("taskflow tasks retry ID", "run a failed or cancelled task again"),
+            ("taskflow tasks retry ID --reason 'SMTP fixed'", "run a failed task again"),
             ("taskflow tasks cancel ID --reason 'duplicate'", "stop it, saying why"),
         ],
     )
@@ -165,10 +176,17 @@ def add_tasks(commands: Commands) -> None:
             "Any other status is left as it is (exit 1)."
         ),
         examples=[
-            ("taskflow tasks retry 0194f9f2-6d3c-7c1e-9a4b-2f0e8d7c6b5a", "run it again now")
+            ("taskflow tasks retry 0194f9f2-6d3c-7c1e-9a4b-2f0e8d7c6b5a", "run it again now"),
+            (
+                "taskflow tasks retry 0194f9f2-6d3c-7c1e-9a4b-2f0e8d7c6b5a --reason 'SMTP fixed'",
+                "the reason is kept in the retry's history row",
+            ),
         ],
     )
     retry.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id (a UUID)")
+    retry.add_argument(
+        "--reason", metavar="TEXT", default=None, help="why; kept in the history row's error"
+    )
     retry.add_argument("--json", action="store_true", help="print the task as JSON")
     retry.set_defaults(run=run_task_retry)
 
@@ -183,13 +201,16 @@ def add_tasks(commands: Commands) -> None:
         examples=[
             (
                 "taskflow tasks cancel 0194f9f2-6d3c-7c1e-9a4b-2f0e8d7c6b5a --reason 'sent twice'",
-                "the reason becomes the task's last_error",
+                "the reason becomes the task's last_error and its history row's error",
             )
         ],
     )
     cancel.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id (a UUID)")
     cancel.add_argument(
-        "--reason", metavar="TEXT", default=None, help="why; kept as the task's last_error"
+        "--reason",
+        metavar="TEXT",
+        default=None,
+        help="why; kept as the task's last_error and in the history row's error",
     )
     cancel.add_argument("--json", action="store_true", help="print the task as JSON")
     cancel.set_defaults(run=run_task_cancel)
@@ -211,7 +232,7 @@ def run_task_retry(args: argparse.Namespace) -> int:
     from taskflow.status.tasks import render_change_json, render_change_text, retry_task
 
     actor = operator_actor()
-    task = retry_task(settings, args.task_id, actor=actor)
+    task = retry_task(settings, args.task_id, reason=args.reason, actor=actor)
     print(render_change_json(task) if args.json else render_change_text(task, actor), end="")
     return ExitCode.OK
 
@@ -224,4 +245,84 @@ def run_task_cancel(args: argparse.Namespace) -> int:
     actor = operator_actor()
     task = cancel_task(settings, args.task_id, reason=args.reason, actor=actor)
     print(render_change_json(task) if args.json else render_change_text(task, actor), end="")
+    return ExitCode.OK
+
+
+# ----- pause|resume TYPE
+
+
+def add_pause(commands: Commands) -> None:
+    parser = commands.add(
+        "pause",
+        summary="stop claiming a task type's tasks until it is resumed",
+        description=(
+            "Pause a task type, e.g. while its mail provider is down: its queued tasks\n"
+            "stay queued and no worker claims them, on any path; other types run as\n"
+            "usual. Recorded as cli:<your login>, with the reason; `taskflow status`\n"
+            "warns while it lasts. TYPE must be a type this installation knows. A type\n"
+            "paused already is left as it is (exit 1). The same as\n"
+            "SELECT taskflow_pause_type(TYPE, REASON) in psql."
+        ),
+        examples=[
+            ("taskflow pause send_email --reason 'mail provider down'", "hold back all emails"),
+            ("taskflow resume send_email", "and let them go again"),
+        ],
+    )
+    parser.add_argument("task_type", metavar="TYPE", help="the task type, e.g. send_email")
+    parser.add_argument("--reason", metavar="TEXT", default=None, help="why; shown by status")
+    parser.set_defaults(run=run_pause)
+
+
+def add_resume(commands: Commands) -> None:
+    parser = commands.add(
+        "resume",
+        summary="let a paused task type's queued tasks run again",
+        description=(
+            "Resume a paused task type: its queued tasks are picked again, in their\n"
+            "turn. A type that is not paused is left as it is (exit 1). The same as\n"
+            "SELECT taskflow_resume_type(TYPE) in psql."
+        ),
+        examples=[("taskflow resume send_email", "emails go out again")],
+    )
+    parser.add_argument("task_type", metavar="TYPE", help="the paused task type")
+    parser.set_defaults(run=run_resume)
+
+
+def _refused(message: str, code: ExitCode = ExitCode.PROBLEM_FOUND) -> int:
+    print(f"taskflow: {message}", file=sys.stderr)
+    return code
+
+
+def run_pause(args: argparse.Namespace) -> int:
+    settings = start(args, "pause", quiet=True)
+    from taskflow.handlers import build_registry
+
+    # A misspelt type would be paused without complaint and hold back nothing.
+    known = build_registry(settings).names()
+    if args.task_type not in known:
+        return _refused(
+            f"unknown task type {args.task_type!r} (known: {', '.join(known)}); nothing changed",
+            ExitCode.USAGE_ERROR,
+        )
+    require_database(settings)
+    from taskflow.status.paused_types import pause_type
+
+    actor = operator_actor()
+    if not pause_type(settings, args.task_type, reason=args.reason, actor=actor):
+        return _refused(f"task type {args.task_type} is already paused; nothing changed")
+    print(
+        f"task type {args.task_type} is now paused (by {actor}): its queued tasks wait "
+        f"for `taskflow resume {args.task_type}`"
+    )
+    return ExitCode.OK
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    settings = start(args, "resume", quiet=True)
+    require_database(settings)
+    from taskflow.status.paused_types import resume_type
+
+    if not resume_type(settings, args.task_type):
+        return _refused(f"task type {args.task_type} is not paused; nothing changed")
+    print(f"task type {args.task_type} is resumed (by {operator_actor()}): its tasks run again")
     return ExitCode.OK

@@ -1,5 +1,6 @@
 """``taskflow status``: queues, workers, stuck and failed tasks, throughput,
-and the warnings an operator should act on (``--check`` exits 1 on any)."""
+paused task types, the users with the most running tasks, and the warnings
+an operator should act on (``--check`` exits 1 on any)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ from taskflow.status.formatting import (
     render_json,
     shorten,
 )
+from taskflow.store.limits import LimitsStore
 from taskflow.store.operators import OperatorStore
+from taskflow.store.paused_types import PausedTypeStore
 from taskflow.store.pool import Record
 
 # A transaction open this long pins the vacuum horizon long enough to notice:
 # tasks and task_history rows churn fast, so minutes of dead rows add up.
 DEFAULT_LONG_TRANSACTION_SECONDS = 300.0
 DEFAULT_FAILURES_SHOWN = 10
+DEFAULT_USERS_SHOWN = 5
 
 
 @dataclass
@@ -41,6 +45,10 @@ class StatusReport:
     failures_total: int
     throughput: list[dict[str, Any]]
     long_transactions: list[dict[str, Any]]
+    paused_types: list[dict[str, Any]] = field(default_factory=list)
+    # The busiest users first (taskflow_user_shares); the total have unfinished tasks.
+    user_shares: list[dict[str, Any]] = field(default_factory=list)
+    user_shares_total: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -48,17 +56,27 @@ def _rows(records: Sequence[Record]) -> list[dict[str, Any]]:
     return [dict(record) for record in records]
 
 
+def _counted_rows(records: Sequence[Record]) -> tuple[list[dict[str, Any]], int]:
+    """Rows that each carry ``total`` (count(*) OVER ()), and that total once."""
+    rows = _rows(records)
+    total = int(rows[0]["total"]) if rows else 0
+    for row in rows:
+        del row["total"]
+    return rows, total
+
+
 async def collect_status(
     store: OperatorStore,
     *,
     failures_shown: int = DEFAULT_FAILURES_SHOWN,
+    users_shown: int = DEFAULT_USERS_SHOWN,
     long_transaction_seconds: float = DEFAULT_LONG_TRANSACTION_SECONDS,
 ) -> StatusReport:
     now, database = await store.select_database_clock()
-    failures = _rows(await store.select_recent_failures(failures_shown))
-    total = int(failures[0].pop("total")) if failures else 0
-    for row in failures[1:]:
-        row.pop("total")
+    failures, total = _counted_rows(await store.select_recent_failures(failures_shown))
+    user_shares, users_total = _counted_rows(
+        await LimitsStore(store.pool).select_user_shares(users_shown)
+    )
     report = StatusReport(
         database=database,
         generated_at=now,
@@ -72,6 +90,9 @@ async def collect_status(
         failures_total=total,
         throughput=_rows(await store.select_throughput()),
         long_transactions=_rows(await store.select_long_transactions(long_transaction_seconds)),
+        paused_types=_rows(await PausedTypeStore(store.pool).select_paused_types()),
+        user_shares=user_shares,
+        user_shares_total=users_total,
     )
     report.warnings = _warnings(report)
     return report
@@ -96,13 +117,42 @@ def _warnings(report: StatusReport) -> list[str]:
         warnings.append(
             f"{report.due_unclaimed} task(s) due but no live worker: start `taskflow worker`"
         )
+    # A pause is deliberate, yet it holds work back until someone lifts it:
+    # a check should not stay green while it is forgotten.
+    for paused in report.paused_types:
+        warnings.append(
+            f"task type {paused['type']} is paused (since {format_time(paused['paused_at'])}, "
+            f"by {paused['paused_by']}"
+            + (f": {shorten(paused['reason'])}" if paused["reason"] else "")
+            + f"); {paused['queued']} queued task(s) of it wait: "
+            f"`taskflow resume {paused['type']}` when it may run again"
+        )
     return warnings
+
+
+def _user_share_row(user: dict[str, Any]) -> list[Any]:
+    share = user["running_share"]
+    return [
+        user["user_id"],
+        user["email"],
+        user["weight"],
+        user["running"],
+        user["dispatched"],
+        user["queued"],
+        "-" if share is None else f"{share:.0%}",
+        user["max_running"],
+        None
+        if user["email_per_minute"] is None
+        else f"{user['emails_last_minute']}/{user['email_per_minute']}",
+        user["held_by"],
+    ]
 
 
 def read_status(
     settings: Settings,
     *,
     failures_shown: int = DEFAULT_FAILURES_SHOWN,
+    users_shown: int = DEFAULT_USERS_SHOWN,
     long_transaction_seconds: float = DEFAULT_LONG_TRANSACTION_SECONDS,
     worker_alive_seconds: float | None = None,
 ) -> StatusReport:
@@ -111,6 +161,7 @@ def read_status(
             return await collect_status(
                 operator_store(database, settings, worker_alive_seconds),
                 failures_shown=failures_shown,
+                users_shown=users_shown,
                 long_transaction_seconds=long_transaction_seconds,
             )
 
@@ -198,6 +249,44 @@ def render_status_text(report: StatusReport) -> str:
             ],
         )
     )
+
+    out += ["", f"PAUSED TYPES: {len(report.paused_types) or 'none'}"]
+    if report.paused_types:
+        out.append(
+            format_table(
+                ["TYPE", "SINCE", "BY", "QUEUED", "REASON"],
+                [
+                    [p["type"], p["paused_at"], p["paused_by"], p["queued"], shorten(p["reason"])]
+                    for p in report.paused_types
+                ],
+            )
+        )
+
+    out += [
+        "",
+        f"USERS: {report.user_shares_total} with unfinished tasks"
+        + (
+            f" (top {len(report.user_shares)} by running tasks shown)" if report.user_shares else ""
+        ),
+    ]
+    if report.user_shares:
+        out.append(
+            format_table(
+                [
+                    "USER",
+                    "EMAIL",
+                    "WEIGHT",
+                    "RUNNING",
+                    "ON THEIR WAY",
+                    "QUEUED",
+                    "SHARE",
+                    "MAX RUNNING",
+                    "EMAILS/MIN",
+                    "HELD BY",
+                ],
+                [_user_share_row(user) for user in report.user_shares],
+            )
+        )
 
     if report.warnings:
         out.append("")

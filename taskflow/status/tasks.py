@@ -49,12 +49,17 @@ def read_task(settings: Settings, task_id: UUID) -> TaskReport:
     return asyncio.run(main())
 
 
-def retry_task(settings: Settings, task_id: UUID, *, actor: str) -> dict[str, Any]:
-    """Queue a failed or cancelled task again, with fresh attempts; the task as it is now."""
+def retry_task(
+    settings: Settings, task_id: UUID, *, reason: str | None = None, actor: str
+) -> dict[str, Any]:
+    """Queue a failed or cancelled task again, with fresh attempts; the task as it is now.
+    The reason is kept in the error column of the retry's history row."""
 
     async def main() -> dict[str, Any]:
         async with opened_database(settings, application_name="taskflow-tasks") as database:
-            row = await TaskStore(database.pool).retry_finished_task(task_id, None, actor=actor)
+            row = await TaskStore(database.pool).retry_finished_task(
+                task_id, None, reason=reason, actor=actor
+            )
             if row is None:
                 status = await _current_status(database, task_id)
                 allowed = " or ".join(sorted(RETRYABLE))
@@ -71,7 +76,7 @@ def cancel_task(
     settings: Settings, task_id: UUID, *, reason: str | None, actor: str
 ) -> dict[str, Any]:
     """Cancel an unfinished task (its worker stops a running one); the task as it is now.
-    The reason becomes its ``last_error``, as a cancel through the API leaves it."""
+    The reason becomes its ``last_error`` and the error of the cancel's history row."""
 
     async def main() -> dict[str, Any]:
         async with opened_database(settings, application_name="taskflow-tasks") as database:

@@ -111,6 +111,14 @@ WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2) AND status = ANY($3::task
                   WHERE d.task_id = $1 AND dep.status IS DISTINCT FROM 'done')
 RETURNING {TASK_COLUMNS}
 """
+# An operator's reason for a cancel or a retry goes on the history row the
+# status trigger has just written for it (ops/sql/12_retry.sql does the same):
+# the row lock the change holds on the task keeps any later change of it,
+# and so any newer history row, out until this transaction commits.
+RECORD_REASON = """
+UPDATE task_history SET error = $2
+WHERE id = (SELECT max(id) FROM task_history WHERE task_id = $1)
+"""
 DELETE_FINISHED_TASK = """
 DELETE FROM tasks WHERE id = $1 AND user_id = $2 AND status = ANY($3::task_status[])
 RETURNING id
@@ -183,23 +191,32 @@ class TaskStore(TaskInserts):
     async def cancel_task(
         self, task_id: UUID, user_id: int | None, *, reason: str | None = None, actor: str
     ) -> Record | None:
-        """Cancel a waiting or running task. user_id None: an operator, any owner."""
+        """Cancel a waiting or running task. user_id None: an operator, any owner.
+        The reason becomes the task's last_error and its history row's error."""
         async with self.pool.acquire() as connection, connection.transaction():
             await name_change(connection, actor=actor)
-            return await connection.fetchrow(
+            row = await connection.fetchrow(
                 CANCEL_TASK,
                 task_id,
                 user_id,
                 reason,
                 [s for s in TaskStatus if s not in TERMINAL],
             )
+            if row is not None and reason is not None:
+                await connection.execute(RECORD_REASON, task_id, reason)
+            return row
 
     async def retry_finished_task(
-        self, task_id: UUID, user_id: int | None, *, actor: str
+        self, task_id: UUID, user_id: int | None, *, reason: str | None = None, actor: str
     ) -> Record | None:
+        """Queue a failed or cancelled task again. The reason goes on its history
+        row only: last_error keeps what the last attempt (or cancel) left."""
         async with self.pool.acquire() as connection, connection.transaction():
             await name_change(connection, actor=actor)
-            return await connection.fetchrow(RETRY_FINISHED_TASK, task_id, user_id, list(RETRYABLE))
+            row = await connection.fetchrow(RETRY_FINISHED_TASK, task_id, user_id, list(RETRYABLE))
+            if row is not None and reason is not None:
+                await connection.execute(RECORD_REASON, task_id, reason)
+            return row
 
     async def delete_finished_task(self, task_id: UUID, user_id: int) -> bool:
         deleted = await self.pool.fetchval(DELETE_FINISHED_TASK, task_id, user_id, list(TERMINAL))

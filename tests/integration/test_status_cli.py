@@ -337,3 +337,153 @@ async def test_tasks_retry_and_cancel_refuse_what_the_status_forbids(
         unknown = await cli("tasks", command, str(missing))
         assert (unknown.code, unknown.stdout) == (1, "")
         assert unknown.stderr == f"taskflow: no task {missing}\n"
+
+
+async def test_tasks_retry_and_cancel_keep_the_reason_in_the_history_row(
+    store: Store, user_id: int, cli: Any
+) -> None:
+    [row] = await store.insert_tasks(user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 3, None)])
+    task_id = row["id"]
+
+    cancelled = await cli("tasks", "cancel", str(task_id), "--reason", "sent twice")
+    assert (cancelled.code, cancelled.stderr) == (0, ""), cancelled
+    retried = await cli("tasks", "retry", str(task_id), "--reason", "mail fixed")
+    assert (retried.code, retried.stderr) == (0, ""), retried
+    assert retried.stdout == f"task {task_id} is now queued (by cli:ops-alice)\n"
+    # Without a reason, the history row's error stays empty.
+    assert (await cli("tasks", "cancel", str(task_id))).code == 0
+
+    rows = await store.pool.fetch(
+        "SELECT event, actor, error FROM task_history WHERE task_id = $1 ORDER BY id", task_id
+    )
+    assert [(r["event"], r["actor"], r["error"]) for r in rows][1:] == [
+        ("cancelled", "cli:ops-alice", "sent twice"),
+        ("retried", "cli:ops-alice", "mail fixed"),
+        ("cancelled", "cli:ops-alice", None),
+    ]
+    # The reason is kept where the operator wrote it; the task's last_error is
+    # the cancel's, as the API leaves it.
+    task = await store.pool.fetchrow("SELECT status, last_error FROM tasks WHERE id = $1", task_id)
+    assert (task["status"], task["last_error"]) == ("cancelled", "sent twice")
+    shown = (await cli("tasks", "show", str(task_id), "--json")).json()
+    assert [h["error"] for h in shown["history"]][1:3] == ["sent twice", "mail fixed"]
+
+
+async def test_status_lists_the_users_by_their_share_of_running_tasks(
+    store: Store, cli: Any
+) -> None:
+    busy = await new_user(store, "busy@example.com")
+    capped = await new_user(store, "capped@example.com")
+    mailer = await new_user(store, "mailer@example.com")
+    await new_user(store, "idle@example.com")  # nothing unfinished: not listed
+
+    def noops(count: int) -> list[NewTask]:
+        return [NewTask(new_task_id(), "test_noop", {}, 0, 3, None) for _ in range(count)]
+
+    def emails(count: int) -> list[NewTask]:
+        payload = {"to": "someone@example.com", "subject": "hi"}
+        return [NewTask(new_task_id(), "send_email", payload, 0, 3, None) for _ in range(count)]
+
+    busy_ids = [row["id"] for row in await store.insert_tasks(busy, noops(5))]
+    await claim(store, busy_ids[:2], "w1", 60)
+    await store.pool.execute(
+        "INSERT INTO dispatched_tasks (task_id, user_id, type) VALUES ($1, $2, 'test_noop')",
+        busy_ids[2],
+        busy,
+    )
+    capped_ids = [row["id"] for row in await store.insert_tasks(capped, noops(3))]
+    await claim(store, capped_ids[:1], "w1", 60)
+    mail_ids = [row["id"] for row in await store.insert_tasks(mailer, emails(2))]
+    await claim(store, mail_ids[:1], "w1", 60)
+    await store.pool.execute(
+        "INSERT INTO user_limits (user_id, weight, max_running) VALUES ($1, 2, 1)", capped
+    )
+    await store.pool.execute(
+        "INSERT INTO user_limits (user_id, email_per_minute) VALUES ($1, 1)", mailer
+    )
+    # The defaults the schedulers run with; user_limits overrides them.
+    await store.pool.execute("UPDATE dispatch_settings SET email_per_user_per_minute = 30")
+
+    result = await cli("status")
+    assert result.code == 0, result.stderr
+    users = section(result.stdout, "USERS").splitlines()
+    assert users[0] == "USERS: 3 with unfinished tasks (top 3 by running tasks shown)"
+    assert re.match(
+        r"USER\s+EMAIL\s+WEIGHT\s+RUNNING\s+ON THEIR WAY\s+QUEUED\s+SHARE\s+MAX RUNNING\s+"
+        r"EMAILS/MIN\s+HELD BY$",
+        users[1],
+    )
+    assert [line.split() for line in users[2:]] == [
+        [str(busy), "busy@example.com", "1", "2", "1", "2", "50%", "-", "0/30", "-"],
+        [str(capped), "capped@example.com", "2", "1", "0", "2", "25%", "1", "0/30", "max_running"],
+        [
+            str(mailer),
+            "mailer@example.com",
+            "1",
+            "1",
+            "0",
+            "1",
+            "25%",
+            "-",
+            "1/1",
+            "email_per_user_per_minute",
+        ],
+    ]
+    # A cap holding work back is the rule working, not something to act on.
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING")]
+    assert warnings == ["WARNING: 6 task(s) due but no live worker: start `taskflow worker`"]
+
+    report = (await cli("status", "--json", "--users", "2")).json()
+    assert report["user_shares_total"] == 3
+    assert [
+        (u["user_id"], u["running"], u["dispatched"], u["queued"], u["running_share"])
+        for u in report["user_shares"]
+    ] == [(busy, 2, 1, 2, 0.5), (capped, 1, 0, 2, 0.25)]
+    assert report["user_shares"][1]["weight"] == 2
+    assert report["user_shares"][1]["max_running"] == 1
+    assert report["user_shares"][1]["held_by"] == "max_running"
+    assert report["user_shares"][0]["max_running"] is None
+
+
+async def test_status_lists_paused_types_and_check_fails_while_one_is(
+    store: Store, user_id: int, cli: Any
+) -> None:
+    await store.insert_tasks(
+        user_id, [NewTask(new_task_id(), "test_noop", {}, 0, 3, None) for _ in range(2)]
+    )
+    # Paused in psql, by an operator's role: status shows what psql recorded.
+    await store.pool.execute("SELECT taskflow_pause_type('test_noop', 'disk full')")
+    await store.pool.execute("SELECT taskflow_pause_type('send_email')")
+    role = await store.pool.fetchval("SELECT 'ops:' || current_user")
+
+    checked = await cli("status", "--check")
+    assert checked.code == 1, checked
+    paused = section(checked.stdout, "PAUSED TYPES").splitlines()
+    assert paused[0] == "PAUSED TYPES: 2"
+    assert re.match(r"TYPE\s+SINCE\s+BY\s+QUEUED\s+REASON$", paused[1])
+    rows = [line.split() for line in paused[2:]]
+    assert [row[:1] + row[2:] for row in rows] == [
+        ["test_noop", role, "2", "disk", "full"],
+        ["send_email", role, "0", "-"],
+    ]
+    warnings = [line for line in checked.stdout.splitlines() if line.startswith("WARNING")]
+    assert any(
+        w.startswith("WARNING: task type test_noop is paused (since ")
+        and f"by {role}: disk full); 2 queued task(s) of it wait: " in w
+        for w in warnings
+    ), warnings
+    assert any(f"by {role}); 0 queued task(s)" in w for w in warnings), warnings
+
+    report = (await cli("status", "--json", "--check")).json()
+    assert [
+        (p["type"], p["paused_by"], p["reason"], p["queued"]) for p in report["paused_types"]
+    ] == [
+        ("test_noop", role, "disk full", 2),
+        ("send_email", role, None, 0),
+    ]
+
+    await store.pool.execute("SELECT taskflow_resume_type('test_noop')")
+    await store.pool.execute("SELECT taskflow_resume_type('send_email')")
+    resumed = (await cli("status", "--json")).json()
+    assert resumed["paused_types"] == []
+    assert not any("paused" in w for w in resumed["warnings"])
