@@ -305,9 +305,12 @@ class TaskCreate(RequestModel):
     )
     run_at: RunAt | None = None
     priority: Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, strict=True)] = 0
-    # Task ids of the caller's, or "#n": item n (from 0) of the same batch.
     depends_on: Annotated[list[DependencyReference], Field(max_length=MAX_DEPENDENCIES)] | None = (
-        None
+        Field(
+            None,
+            description='task ids of the caller\'s, or "#n" for item n (from 0) of the same '
+            "batch: the task is blocked until all are done",
+        )
     )
 
 

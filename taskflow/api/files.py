@@ -22,7 +22,7 @@ import mimetypes
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, TypeVar, cast, get_args
 from urllib.parse import quote
 
 from flask.sansio.blueprints import BlueprintSetupState
@@ -32,10 +32,18 @@ from werkzeug.routing import PathConverter
 
 from taskflow.api import ApiConfig, config, services
 from taskflow.api.responses import json_response
+from taskflow.api.route_docs import Body, PathParameter, documented
+from taskflow.api.schemas import (
+    FILE_INFO_JSON,
+    FileInfo,
+    UploadConflictPolicy,
+    UploadForm,
+    UploadQuery,
+)
 from taskflow.api.security import current_user_id, require_user
 from taskflow.api.uploads import UPLOAD_OVERHEAD_BYTES, receive_upload
 from taskflow.errors import ValidationFailed
-from taskflow.files import CHUNK_BYTES, ConflictPolicy, UserFiles
+from taskflow.files import CHUNK_BYTES, MAX_NAME_BYTES, ConflictPolicy, UserFiles
 
 T = TypeVar("T")
 
@@ -47,7 +55,14 @@ FILE_IO_EXTENSION = "taskflow.file_io"
 # Every call on them is short, so a few threads serve many uploads and
 # downloads at once; a slow disk makes file requests wait, nothing else.
 FILE_IO_THREADS = 8
-CONFLICT_POLICIES: dict[str, ConflictPolicy] = {"error": "error", "rename": "rename"}
+CONFLICT_POLICIES: dict[str, ConflictPolicy] = {
+    policy: policy for policy in get_args(UploadConflictPolicy)
+}
+FILE_NAME = PathParameter(
+    "name",
+    {"type": "string", "maxLength": MAX_NAME_BYTES},
+    {400: "not a plain file name", 404: "no such file"},
+)
 
 # Types a browser shows passively or hands to a viewer; anything else (HTML,
 # SVG, XML, JavaScript, unknown) is served as application/octet-stream.
@@ -196,8 +211,22 @@ def passive_content_type(name: str) -> str:
 
 
 @blueprint.post(FILES_PATH)
+@documented(
+    request=Body("multipart/form-data", UploadForm),
+    query=UploadQuery,
+    response=FileInfo,
+    status=201,
+    description="stored; Location is its download URL",
+    errors={
+        400: "bad file name, malformed form or missing 'file' field",
+        409: "the name is taken (see on_conflict)",
+        413: "the file is larger than upload_max_bytes, or over the quota (limit names it)",
+        415: "not multipart/form-data",
+    },
+)
 @require_user
 async def upload_file() -> Response:
+    """Upload a file to your file area."""
     settings = config().settings
     on_conflict = _conflict_policy()
     boundary = _multipart_boundary()
@@ -212,14 +241,16 @@ async def upload_file() -> Response:
         total_timeout_seconds=settings.upload_timeout_seconds,
     )
     location = f"{FILES_PATH}/{quote(info.name, safe='')}"
-    return json_response(info.as_json(), 201, {"Location": location})
+    return json_response(FILE_INFO_JSON.of_object(info), 201, {"Location": location})
 
 
 @blueprint.get(FILES_PATH)
+@documented(response=list[FileInfo])
 @require_user
 async def list_files() -> Response:
+    """List your files, by name."""
     listed = await _in_file_thread(_user_files().list)
-    return json_response([info.as_json() for info in listed])
+    return json_response(FILE_INFO_JSON.of_objects(listed))
 
 
 def _open_with_size(files: UserFiles, name: str) -> tuple[IO[bytes], int]:
@@ -237,8 +268,14 @@ async def _stream(handle: IO[bytes], file_io: Executor) -> AsyncIterator[bytes]:
 
 
 @blueprint.get(f"{FILES_PATH}/<filename:name>")
+@documented(
+    response=Body("application/octet-stream", {"type": "string", "format": "binary"}),
+    description="the file's bytes",
+    path={"name": FILE_NAME},
+)
 @require_user
 async def download_file(name: str) -> Response:
+    """Download a file (always as an attachment)."""
     handle, size = await _in_file_thread(_open_with_size, _user_files(), name)
     response = Response(
         _stream(handle, _file_io()),
@@ -258,7 +295,9 @@ async def download_file(name: str) -> Response:
 
 
 @blueprint.delete(f"{FILES_PATH}/<filename:name>")
+@documented(response=None, status=204, path={"name": FILE_NAME})
 @require_user
 async def delete_file(name: str) -> Response:
+    """Delete a file."""
     await _in_file_thread(_user_files().delete, name)
     return Response(status=204)

@@ -7,7 +7,9 @@ import asyncio
 from quart import Blueprint, Response
 
 from taskflow.api import config, services
-from taskflow.api.responses import json_response
+from taskflow.api.responses import model_response
+from taskflow.api.route_docs import Body, Reply, documented
+from taskflow.api.schemas import Liveness, Readiness
 from taskflow.metrics import OLDEST_AGE_SECONDS, QUEUE_DEPTH, render
 from taskflow.store.pool import CONNECTION_ERRORS
 
@@ -15,12 +17,16 @@ blueprint = Blueprint("health", __name__)
 
 
 @blueprint.get("/healthz")
+@documented(response=Liveness)
 async def healthz() -> Response:
-    return json_response({"status": "ok"})
+    """Liveness: the process answers."""
+    return model_response(Liveness(status="ok"))
 
 
 @blueprint.get("/metrics")
+@documented(response=Body("text/plain", {"type": "string"}), description="Prometheus text format")
 async def metrics() -> Response:
+    """Prometheus metrics."""
     for status in ("blocked", "queued", "postponed", "retrying", "processing"):
         QUEUE_DEPTH.labels(status).set(0)
         OLDEST_AGE_SECONDS.labels(status).set(0)
@@ -32,7 +38,9 @@ async def metrics() -> Response:
 
 
 @blueprint.get("/readyz")
+@documented(response=Readiness, errors={503: Reply(Readiness, "a dependency is unavailable")})
 async def readyz() -> Response:
+    """Readiness: Postgres, and RabbitMQ when configured."""
     api = services()
     checks: dict[str, str] = {}
     try:
@@ -45,8 +53,8 @@ async def readyz() -> Response:
         checks["rabbitmq"] = "ok" if connected else "unavailable"
     else:
         checks["rabbitmq"] = "not configured"
-    ready = all(value in ("ok", "not configured") for value in checks.values())
-    body = {"status": "ready" if ready else "not ready", "checks": checks}
-    if not ready:
-        body["error"] = "a dependency is unavailable"
-    return json_response(body, 200 if ready else 503)
+    if all(value in ("ok", "not configured") for value in checks.values()):
+        return model_response(Readiness(status="ready", checks=checks))
+    return model_response(
+        Readiness(status="not ready", checks=checks, error="a dependency is unavailable"), 503
+    )

@@ -19,6 +19,7 @@ from quart import Blueprint, Response, current_app
 from taskflow.api import config, services
 from taskflow.api.files import FILE_IO_EXTENSION
 from taskflow.api.responses import json_response
+from taskflow.api.route_docs import documented
 from taskflow.api.security import current_user_id, require_user
 from taskflow.files import UserFiles
 from taskflow.files.quota import effective_quota
@@ -101,6 +102,7 @@ async def _file_bytes_used(files: UserFiles) -> int:
 
 
 @blueprint.get("/api/limits")
+@documented(response=LimitsResponse)
 @require_user
 async def get_limits() -> Response:
     settings = config().settings

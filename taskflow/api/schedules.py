@@ -20,6 +20,14 @@ from quart import Blueprint, Response, request
 
 from taskflow.api import config, services
 from taskflow.api.responses import json_response, read_model
+from taskflow.api.route_docs import documented
+from taskflow.api.schemas import (
+    DEFAULT_PAGE_LIMIT,
+    MAX_PAGE_LIMIT,
+    SCHEDULE_JSON,
+    PageQuery,
+    Schedule,
+)
 from taskflow.api.security import current_user_id, require_user
 from taskflow.errors import Conflict, NotFound, ValidationFailed
 from taskflow.models import ScheduleCreate, SchedulePatch
@@ -28,30 +36,6 @@ from taskflow.store.pool import Record
 from taskflow.store.schedules import NewSchedule, ScheduleChange, ScheduleStore
 
 blueprint = Blueprint("schedules", __name__)
-
-SCHEDULE_FIELDS = (
-    "id",
-    "name",
-    "cron",
-    "timezone",
-    "type",
-    "payload",
-    "max_retries",
-    "priority",
-    "paused",
-    "next_run_at",
-    "last_run_at",
-    "last_task_id",
-    "last_skipped_at",
-    "last_skip_reason",
-    "created_at",
-    "updated_at",
-)
-DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
-
-
-def schedule_json(row: Record) -> dict[str, Any]:
-    return {field: row[field] for field in SCHEDULE_FIELDS}
 
 
 def _store() -> ScheduleStore:
@@ -96,8 +80,19 @@ async def _own_schedule(schedule_id: UUID) -> Record:
 
 
 @blueprint.post("/api/schedules")
+@documented(
+    request=ScheduleCreate,
+    response=Schedule,
+    status=201,
+    description="created; Location is its URL",
+    errors={
+        400: "invalid cron, timezone, type or payload (details name the field)",
+        429: "user_max_schedules reached",
+    },
+)
 @require_user
 async def create_schedule() -> Response:
+    """Create a schedule: each slot of its cron creates one task."""
     body = await read_model(ScheduleCreate)
     payload = _checked_payload(body.type, body.payload)
     row = await _store().insert_schedule(
@@ -114,7 +109,9 @@ async def create_schedule() -> Response:
         ),
         default_max_schedules=config().settings.user_max_schedules,
     )
-    return json_response(schedule_json(row), 201, {"Location": f"/api/schedules/{row['id']}"})
+    return json_response(
+        SCHEDULE_JSON.of_row(row), 201, {"Location": f"/api/schedules/{row['id']}"}
+    )
 
 
 def _encode_cursor(row: Record) -> str:
@@ -140,20 +137,29 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 def _query_limit() -> int:
     raw = request.args.get("limit")
     if raw is None:
-        return DEFAULT_LIMIT
+        return DEFAULT_PAGE_LIMIT
     # isascii: str.isdigit() is also true for "²", which int() then refuses.
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_LIMIT:
         raise ValidationFailed(
             "invalid limit",
-            details=[{"field": "limit", "message": f"must be an integer from 1 to {MAX_LIMIT}"}],
+            details=[
+                {"field": "limit", "message": f"must be an integer from 1 to {MAX_PAGE_LIMIT}"}
+            ],
         )
     return int(raw)
 
 
 @blueprint.get("/api/schedules")
+@documented(
+    response=list[Schedule],
+    description='a page; Link: <...>; rel="next" when there is more',
+    query=PageQuery,
+    errors={400: "bad limit or cursor, or an unknown query parameter"},
+)
 @require_user
 async def list_schedules() -> Response:
-    unknown = set(request.args) - {"limit", "cursor"}
+    """List your schedules, oldest first."""
+    unknown = set(request.args) - set(PageQuery.model_fields)
     if unknown:
         raise ValidationFailed(
             "unknown query parameter",
@@ -170,18 +176,29 @@ async def list_schedules() -> Response:
     if len(rows) == limit:
         query = urlencode({"limit": str(limit), "cursor": _encode_cursor(rows[-1])})
         headers["Link"] = f'</api/schedules?{query}>; rel="next"'
-    return json_response([schedule_json(row) for row in rows], 200, headers)
+    return json_response(SCHEDULE_JSON.of_rows(rows), 200, headers)
 
 
 @blueprint.get("/api/schedules/<schedule_id>")
+@documented(response=Schedule)
 @require_user
 async def get_schedule(schedule_id: str) -> Response:
-    return json_response(schedule_json(await _own_schedule(_parse_schedule_id(schedule_id))))
+    """Get a schedule."""
+    return json_response(SCHEDULE_JSON.of_row(await _own_schedule(_parse_schedule_id(schedule_id))))
 
 
 @blueprint.patch("/api/schedules/<schedule_id>")
+@documented(
+    request=SchedulePatch,
+    response=Schedule,
+    errors={
+        400: "invalid field (details name it)",
+        409: "changed by another request at the same time",
+    },
+)
 @require_user
 async def patch_schedule(schedule_id: str) -> Response:
+    """Change a schedule; a new cron or timezone plans the next slot anew."""
     parsed_id = _parse_schedule_id(schedule_id)
     body = await read_model(SchedulePatch)
     current = await _own_schedule(parsed_id)
@@ -216,34 +233,42 @@ async def patch_schedule(schedule_id: str) -> Response:
     if row is None:
         await _own_schedule(parsed_id)  # deleted meanwhile: 404
         raise Conflict("the schedule was changed at the same time; read it and try again")
-    return json_response(schedule_json(row))
+    return json_response(SCHEDULE_JSON.of_row(row))
 
 
 @blueprint.delete("/api/schedules/<schedule_id>")
+@documented(response=None, status=204)
 @require_user
 async def delete_schedule(schedule_id: str) -> Response:
+    """Delete a schedule; the tasks it created stay."""
     if not await _store().delete_own_schedule(_parse_schedule_id(schedule_id), current_user_id()):
         raise ScheduleNotFound()
     return Response(status=204)
 
 
 @blueprint.post("/api/schedules/<schedule_id>/pause")
+@documented(response=Schedule)
 @require_user
 async def pause_schedule(schedule_id: str) -> Response:
+    """Pause a schedule: no new slot creates a task."""
     parsed_id = _parse_schedule_id(schedule_id)
     row = await _store().pause_own_schedule(parsed_id, current_user_id())
     # Paused already: pausing again changes nothing.
-    return json_response(schedule_json(row or await _own_schedule(parsed_id)))
+    return json_response(SCHEDULE_JSON.of_row(row or await _own_schedule(parsed_id)))
 
 
 @blueprint.post("/api/schedules/<schedule_id>/resume")
+@documented(response=Schedule, errors={409: "changed by another request at the same time"})
 @require_user
 async def resume_schedule(schedule_id: str) -> Response:
-    """From the first slot after now: the slots that passed while paused never run."""
+    """Resume a schedule from its next future slot.
+
+    The slots that passed while it was paused never run.
+    """
     parsed_id = _parse_schedule_id(schedule_id)
     current = await _own_schedule(parsed_id)
     if not current["paused"]:
-        return json_response(schedule_json(current))
+        return json_response(SCHEDULE_JSON.of_row(current))
     row = await _store().resume_own_schedule(
         parsed_id,
         current_user_id(),
@@ -254,6 +279,6 @@ async def resume_schedule(schedule_id: str) -> Response:
     if row is None:
         latest = await _own_schedule(parsed_id)
         if not latest["paused"]:
-            return json_response(schedule_json(latest))
+            return json_response(SCHEDULE_JSON.of_row(latest))
         raise Conflict("the schedule was changed at the same time; try again")
-    return json_response(schedule_json(row))
+    return json_response(SCHEDULE_JSON.of_row(row))

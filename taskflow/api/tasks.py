@@ -9,14 +9,34 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import urlencode
 from uuid import UUID
 
 from quart import Blueprint, Response, request
 
 from taskflow.api import config, services
-from taskflow.api.responses import json_response, parse_model, read_json_body, read_model
+from taskflow.api.responses import (
+    json_response,
+    model_response,
+    parse_model,
+    read_json_body,
+    read_model,
+)
+from taskflow.api.route_docs import documented
+from taskflow.api.schemas import (
+    DEFAULT_PAGE_LIMIT,
+    HISTORY_EVENT_JSON,
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    MAX_PAGE_LIMIT,
+    TASK_JSON,
+    HistoryEvent,
+    IdempotencyHeaders,
+    LinkedTask,
+    LinkedTasks,
+    Task,
+    TaskLinks,
+    TaskListQuery,
+)
 from taskflow.api.security import current_user_id, require_user
 from taskflow.enqueue import Enqueuer, check_run_at
 from taskflow.errors import InvalidTransition, TaskNotFound, ValidationFailed
@@ -35,40 +55,6 @@ from taskflow.store.pool import Record
 from taskflow.store.tasks import TaskStore
 
 blueprint = Blueprint("tasks", __name__)
-
-TASK_FIELDS = (
-    "id",
-    "user_id",
-    "type",
-    "payload",
-    "status",
-    "priority",
-    "attempts",
-    "retries",
-    "max_retries",
-    "run_at",
-    "created_at",
-    "updated_at",
-    "started_at",
-    "finished_at",
-    "last_error",
-    "result",
-)
-HISTORY_FIELDS = (
-    "at",
-    "event",
-    "from_status",
-    "to_status",
-    "attempt",
-    "worker_id",
-    "error",
-    "actor",
-)
-DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
-
-
-def task_json(row: Record) -> dict[str, Any]:
-    return {field: row[field] for field in TASK_FIELDS}
 
 
 def _store() -> TaskStore:
@@ -92,14 +78,30 @@ def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not key.isprintable():
-        raise ValidationFailed("Idempotency-Key must be 1 to 255 printable characters")
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_CHARS or not key.isprintable():
+        raise ValidationFailed(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} printable characters"
+        )
     return key
 
 
 @blueprint.post("/api/tasks")
+@documented(
+    request=TaskCreate,
+    response=Task,
+    status=201,
+    description="created (or replayed for a repeated Idempotency-Key); Location is its URL",
+    headers=IdempotencyHeaders,
+    errors={
+        400: "invalid type, payload, run_at, max_retries, priority or depends_on",
+        409: "Idempotency-Key reused with a different request",
+        413: "body too large",
+        429: "over a creation limit (limit names it; Retry-After)",
+    },
+)
 @require_user
 async def create_task() -> Response:
+    """Create a task."""
     body = await read_model(TaskCreate)
     row, created = await _enqueuer().create(
         current_user_id(), body, idempotency_key=_idempotency_key()
@@ -107,12 +109,23 @@ async def create_task() -> Response:
     headers = {"Location": f"/api/tasks/{row['id']}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return json_response(task_json(row), 201, headers)
+    return json_response(TASK_JSON.of_row(row), 201, headers)
 
 
 @blueprint.post("/api/tasks/batch")
+@documented(
+    request=TaskBatchCreate,
+    response=list[Task],
+    status=201,
+    errors={
+        400: "an invalid item (details name its index); nothing created",
+        413: "body too large",
+        429: "over a creation limit (limit names it; Retry-After); nothing created",
+    },
+)
 @require_user
 async def create_tasks() -> Response:
+    """Create up to 1000 tasks, all or nothing."""
     body = await read_json_body()
     raw_items = body.get("tasks") if isinstance(body, dict) else None
     if isinstance(raw_items, list):
@@ -129,7 +142,7 @@ async def create_tasks() -> Response:
         for index, item in enumerate(batch.tasks)
     ]
     rows = await _enqueuer().create_many(current_user_id(), items)
-    return json_response([task_json(row) for row in rows], 201)
+    return json_response(TASK_JSON.of_rows(rows), 201)
 
 
 def _encode_cursor(row: Record) -> str:
@@ -156,20 +169,29 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 def _query_limit() -> int:
     raw = request.args.get("limit")
     if raw is None:
-        return DEFAULT_LIMIT
+        return DEFAULT_PAGE_LIMIT
     # isascii: str.isdigit() is also true for "²", which int() then refuses (a 500).
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_LIMIT:
         raise ValidationFailed(
             "invalid limit",
-            details=[{"field": "limit", "message": f"must be an integer from 1 to {MAX_LIMIT}"}],
+            details=[
+                {"field": "limit", "message": f"must be an integer from 1 to {MAX_PAGE_LIMIT}"}
+            ],
         )
     return int(raw)
 
 
 @blueprint.get("/api/tasks")
+@documented(
+    response=list[Task],
+    description='a page; Link: <...>; rel="next" when there is more',
+    query=TaskListQuery,
+    errors={400: "bad filter, limit or cursor, or an unknown query parameter"},
+)
 @require_user
 async def list_tasks() -> Response:
-    unknown = set(request.args) - {"status", "type", "limit", "cursor"}
+    """List your tasks, newest first."""
+    unknown = set(request.args) - set(TaskListQuery.model_fields)
     if unknown:
         raise ValidationFailed(
             "unknown query parameter",
@@ -216,7 +238,7 @@ async def list_tasks() -> Response:
         query = {k: v for k, v in (("status", status_raw), ("type", task_type)) if v}
         query.update(limit=str(limit), cursor=_encode_cursor(rows[-1]))
         headers["Link"] = f'</api/tasks?{urlencode(query)}>; rel="next"'
-    return json_response([task_json(row) for row in rows], 200, headers)
+    return json_response(TASK_JSON.of_rows(rows), 200, headers)
 
 
 async def _own_task(task_id: UUID) -> Record:
@@ -227,39 +249,43 @@ async def _own_task(task_id: UUID) -> Record:
 
 
 @blueprint.get("/api/tasks/<raw_id>")
+@documented(response=Task)
 @require_user
 async def get_task(raw_id: str) -> Response:
-    return json_response(task_json(await _own_task(parse_task_id(raw_id))))
+    """Get a task."""
+    return json_response(TASK_JSON.of_row(await _own_task(parse_task_id(raw_id))))
 
 
 @blueprint.get("/api/tasks/<raw_id>/history")
+@documented(response=list[HistoryEvent])
 @require_user
 async def get_task_history(raw_id: str) -> Response:
+    """A task's history, oldest first."""
     task_id = parse_task_id(raw_id)
     rows = await _store().select_own_task_history(task_id, current_user_id())
     if not rows:
         raise TaskNotFound()
-    return json_response([{field: row[field] for field in HISTORY_FIELDS} for row in rows])
+    return json_response(HISTORY_EVENT_JSON.of_rows(rows))
 
 
-def _link_json(rows: list[Record]) -> dict[str, Any]:
-    shown = rows[:LINKS_LIMIT]
-    return {
-        "tasks": [{"id": r["id"], "type": r["type"], "status": r["status"]} for r in shown],
-        "more": len(rows) > LINKS_LIMIT,
-    }
+def _linked(rows: list[Record]) -> LinkedTasks:
+    # Validated, unlike the task answers: a cold path, of a few rows as a rule.
+    return LinkedTasks(
+        tasks=[LinkedTask.model_validate(dict(row)) for row in rows[:LINKS_LIMIT]],
+        more=len(rows) > LINKS_LIMIT,
+    )
 
 
 @blueprint.get("/api/tasks/<raw_id>/dependencies")
+@documented(response=TaskLinks)
 @require_user
 async def get_task_dependencies(raw_id: str) -> Response:
-    """What the task waits for (``dependencies``) and what waits for it
-    (``dependents``), each with its status; at most LINKS_LIMIT of each."""
+    """What a task waits for, and what waits for it, each with its status."""
     task_id = parse_task_id(raw_id)
     await _own_task(task_id)
     links = await services().dependencies.links(task_id)
-    return json_response(
-        {"dependencies": _link_json(links.dependencies), "dependents": _link_json(links.dependents)}
+    return model_response(
+        TaskLinks(dependencies=_linked(links.dependencies), dependents=_linked(links.dependents))
     )
 
 
@@ -272,8 +298,14 @@ def _not_in(row: Record, allowed: frozenset[TaskStatus], action: str) -> Invalid
 
 
 @blueprint.patch("/api/tasks/<raw_id>")
+@documented(
+    request=TaskPatch,
+    response=Task,
+    errors={400: "invalid payload, max_retries, run_at or priority", 409: "not waiting"},
+)
 @require_user
 async def patch_task(raw_id: str) -> Response:
+    """Change a waiting task (postponed, queued or retrying)."""
     task_id = parse_task_id(raw_id)
     body = await read_model(TaskPatch)
     check_run_at(body.run_at)
@@ -299,24 +331,30 @@ async def patch_task(raw_id: str) -> Response:
                 details={"status": latest["status"]},
             )
         raise _not_in(latest, EDITABLE, "change")
-    return json_response(task_json(row))
+    return json_response(TASK_JSON.of_row(row))
 
 
 @blueprint.post("/api/tasks/<raw_id>/cancel")
+@documented(response=Task, errors={409: "already finished"})
 @require_user
 async def cancel_task(raw_id: str) -> Response:
+    """Cancel a waiting or running task."""
     task_id = parse_task_id(raw_id)
     user_id = current_user_id()
     row = await _store().cancel_task(task_id, user_id, actor=f"api:user {user_id}")
     if row is None:
         latest = await _own_task(task_id)
         raise _not_in(latest, frozenset(TaskStatus) - TERMINAL, "cancel")
-    return json_response(task_json(row))
+    return json_response(TASK_JSON.of_row(row))
 
 
 @blueprint.post("/api/tasks/<raw_id>/retry")
+@documented(
+    response=Task, errors={409: "not failed or cancelled, or its dependencies are not all done"}
+)
 @require_user
 async def retry_task(raw_id: str) -> Response:
+    """Re-queue a failed or cancelled task."""
     task_id = parse_task_id(raw_id)
     user_id = current_user_id()
     row = await _store().retry_finished_task(task_id, user_id, actor=f"api:user {user_id}")
@@ -337,12 +375,14 @@ async def retry_task(raw_id: str) -> Response:
                     },
                 )
         raise _not_in(latest, RETRYABLE, "retry")
-    return json_response(task_json(row))
+    return json_response(TASK_JSON.of_row(row))
 
 
 @blueprint.delete("/api/tasks/<raw_id>")
+@documented(response=None, status=204, errors={409: "not finished"})
 @require_user
 async def delete_task(raw_id: str) -> Response:
+    """Delete a finished task and its history."""
     task_id = parse_task_id(raw_id)
     if not await _store().delete_finished_task(task_id, current_user_id()):
         latest = await _own_task(task_id)

@@ -34,8 +34,10 @@ from __future__ import annotations
 from quart import Blueprint, Response
 
 from taskflow.api import config, services
-from taskflow.api.responses import json_response, read_model
+from taskflow.api.responses import model_response, read_model
 from taskflow.api.revocations import Revocation
+from taskflow.api.route_docs import documented
+from taskflow.api.schemas import LoggedIn, Registered
 from taskflow.api.security import client_address, current_token, require_user
 from taskflow.auth import issue_token
 from taskflow.errors import InvalidCredentials, LimitExceeded, Unauthorized
@@ -46,7 +48,19 @@ blueprint = Blueprint("users", __name__)
 
 
 @blueprint.post("/api/register")
+@documented(
+    request=Credentials,
+    response=Registered,
+    status=201,
+    errors={
+        400: "bad email or password",
+        409: "email taken",
+        429: "too many registrations from this address (Retry-After)",
+        503: "too many password hashes at once (Retry-After)",
+    },
+)
 async def register() -> Response:
+    """Register a user."""
     credentials = await read_model(Credentials)
     accounts = services().accounts
     address = client_address()
@@ -62,11 +76,22 @@ async def register() -> Response:
     password_hash = await services().password_hashing.hash(credentials.password)
     await accounts.insert_registration_attempt(address)
     user_id = await accounts.insert_user(credentials.email, password_hash)
-    return json_response({"user_id": user_id}, 201)
+    return model_response(Registered(user_id=user_id), 201)
 
 
 @blueprint.post("/api/login")
+@documented(
+    request=LoginRequest,
+    response=LoggedIn,
+    errors={
+        400: "malformed request",
+        401: "invalid email or password",
+        429: "too many failed logins for the email or address (Retry-After)",
+        503: "too many password hashes at once (Retry-After)",
+    },
+)
 async def login() -> Response:
+    """Log in and get a token."""
     credentials = await read_model(LoginRequest)
     api = config()
     settings = api.settings
@@ -89,20 +114,21 @@ async def login() -> Response:
         raise InvalidCredentials()
     ttl = settings.token_ttl_seconds
     token = issue_token(account["id"], api.secret, ttl, token_version=account["token_version"])
-    return json_response(
-        {
-            "token": f"Bearer {token}",
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": ttl,
-        }
+    return model_response(
+        LoggedIn(
+            token=f"Bearer {token}",
+            access_token=token,
+            token_type="Bearer",  # noqa: S106 - the scheme's name, not a secret
+            expires_in=ttl,
+        )
     )
 
 
 @blueprint.post("/api/logout")
+@documented(response=None, status=204, description="revoked; its open event streams end")
 @require_user
 async def logout() -> Response:
-    """Take back the token of this request; the user's other tokens stay good."""
+    """Revoke the token of this request (the user's other tokens stay valid)."""
     claims = current_token()
     await services().accounts.insert_revoked_token(claims.token_id, claims.user_id, claims.expires)
     # Here at once; the other processes when the insert's NOTIFY reaches them.
@@ -113,9 +139,21 @@ async def logout() -> Response:
 
 
 @blueprint.post("/api/password")
+@documented(
+    request=PasswordChange,
+    response=None,
+    status=204,
+    description="changed; log in again with the new password",
+    errors={
+        400: "invalid new password",
+        401: "wrong current password",
+        429: "too many wrong passwords for the account (Retry-After)",
+        503: "too many password hashes at once (Retry-After)",
+    },
+)
 @require_user
 async def change_password() -> Response:
-    """Every token issued before the change is refused after it, this one too."""
+    """Change the password; every token issued before is revoked, this one too."""
     change = await read_model(PasswordChange)
     claims = current_token()
     settings = config().settings
