@@ -185,8 +185,8 @@ def render_status_text(report: StatusReport) -> str:
     alive = sum(1 for w in report.workers if w["state"] == "alive")
     out += [
         "",
-        f"WORKERS: {alive} alive (dead after {format_duration(report.worker_alive_seconds)} "
-        "without a heartbeat)",
+        f"WORKERS: {alive} alive (lost when their Postgres session ends; silent after "
+        f"{format_duration(report.worker_alive_seconds)} without a heartbeat)",
     ]
     if report.workers:
         out.append(

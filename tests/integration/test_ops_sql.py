@@ -498,17 +498,22 @@ async def test_a_killed_worker_process_leaves_a_stuck_task_the_operator_requeues
         await wait_until(stuck, timeout=10, what="the lease to lapse")
         assert f"stuck: the lease of worker {worker_id} expired" in await why(psql, task_id)
 
-        # Three 1 s leases of silence: the worker is dead, once told the real lease.
+        # Its session went with it, and its lock: the view says so at once,
+        # without waiting for heartbeats to go stale.
+        async def lost() -> bool:
+            row = await psql.fetchrow(
+                "SELECT state, session FROM taskflow_workers WHERE id = $1", worker_id
+            )
+            return row is not None and (row["state"], row["session"]) == ("lost", False)
+
+        await wait_until(lost, timeout=10, what="the worker to count as lost")
+        # Three 1 s leases of silence: not alive either by its heartbeat.
         await psql.execute("SET taskflow.worker_alive_seconds = '3'")
 
-        async def dead() -> bool:
-            state = await psql.fetchval(
-                "SELECT state FROM taskflow_workers WHERE id = $1", worker_id
-            )
-            return bool(state == "dead")
+        async def not_alive() -> bool:
+            return await psql.fetchval("SELECT worker_alive FROM taskflow_stuck") is False
 
-        await wait_until(dead, timeout=10, what="the worker to count as dead")
-        assert await psql.fetchval("SELECT worker_alive FROM taskflow_stuck") is False
+        await wait_until(not_alive, timeout=10, what="the heartbeat to go stale")
 
         assert await psql.fetchval("SELECT taskflow_requeue_stuck()") == 1
         row = await task_row(store, task_id)

@@ -54,7 +54,7 @@ async def user_id(store: Store) -> int:
 
 @pytest.fixture
 def cli(database: str, tmp_path: Path) -> Any:
-    # lease_seconds 2: the CLI then calls a worker dead after 6 s of silence.
+    # lease_seconds 2: the CLI then calls a worker silent after 6 s without a heartbeat.
     config = write_config(tmp_path, lease_seconds=2)
     # The login a change by hand is recorded under (cli:<login>).
     env = {**subprocess_env(database, config, tmp_path / "files"), "LOGNAME": "ops-alice"}
@@ -108,7 +108,10 @@ async def test_status_shows_queues_workers_failures_and_throughput(
     assert re.search(r"^done\s+test_noop\s+3\s", queues, re.M)
     assert re.search(r"^failed\s+test_fail\s+1\s", queues, re.M)
     workers = section(out, "WORKERS")
-    assert workers.startswith("WORKERS: 1 alive (dead after 6s without a heartbeat)")
+    assert workers.startswith(
+        "WORKERS: 1 alive (lost when their Postgres session ends; silent after 6s without a "
+        "heartbeat)"
+    )
     assert re.search(
         rf"^{re.escape(worker.worker_id)}\s+\S+\s+\d+\s+alive\s+0\s+2\s", workers, re.M
     )
