@@ -1,5 +1,5 @@
 """The operators' queries: for ``taskflow status`` / ``taskflow tasks show``
-(taskflow/status.py) and for the scheduler's retention.
+(taskflow/status/) and for the scheduler's retention.
 
 The read queries go through the views and functions of ops/sql/*.sql, so the
 terminal and psql give the same answers from one definition.
