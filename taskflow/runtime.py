@@ -25,6 +25,7 @@ from taskflow.enqueue import Enqueuer
 from taskflow.handlers import Registry
 from taskflow.scheduler import Scheduler
 from taskflow.store.accounts import AccountStore
+from taskflow.store.admin import AdminStore
 from taskflow.store.dependencies import DependencyStore
 from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore
@@ -175,6 +176,7 @@ async def api_services(settings: Settings, registry: Registry) -> AsyncIterator[
             tasks=tasks,
             events=LiveEventsStore(database.pool),
             operators=OperatorStore(database.pool),
+            admin=AdminStore(database.pool),
             schedules=ScheduleStore(database.pool),
             dependencies=DependencyStore(database.pool),
             limits=LimitsStore(database.pool),

@@ -20,6 +20,7 @@ from taskflow.handlers import Registry
 from taskflow.log import write_directly
 from taskflow.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from taskflow.store.accounts import AccountStore
+from taskflow.store.admin import AdminStore
 from taskflow.store.dependencies import DependencyStore
 from taskflow.store.events import LiveEventsStore
 from taskflow.store.limits import LimitsStore
@@ -53,6 +54,8 @@ class ApiServices:
     tasks: TaskStore
     events: LiveEventsStore
     operators: OperatorStore
+    # The dashboard's operator tools (taskflow.api.admin).
+    admin: AdminStore
     schedules: ScheduleStore
     dependencies: DependencyStore
     limits: LimitsStore
@@ -81,6 +84,7 @@ def services() -> ApiServices:
 
 def create_app(settings: Settings, registry: Registry, open_services: OpenServices) -> Quart:
     from taskflow.api import dashboard, events, files, health, openapi, schedules, tasks, users
+    from taskflow.api.admin import blueprint as admin_blueprint
     from taskflow.api.errors import install_error_handlers
     from taskflow.api.limits import blueprint as limits_blueprint
 
@@ -146,4 +150,5 @@ def create_app(settings: Settings, registry: Registry, open_services: OpenServic
     app.register_blueprint(limits_blueprint)
     app.register_blueprint(events.blueprint)
     app.register_blueprint(dashboard.blueprint)
+    app.register_blueprint(admin_blueprint)
     return app

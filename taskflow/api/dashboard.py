@@ -10,21 +10,32 @@ origin only, and images from here or from ``blob:`` URLs (a result thumbnail
 is fetched with the token, then shown from a blob), so a task payload or a
 file name can never run as code even if it slipped into the page's markup.
 
+``GET /api/meta`` tells the page what each task status allows, from the
+one transition table (taskflow.models.TRANSITIONS); the task types, their
+payload fields and the statuses it reads from ``GET /api/openapi.json``.
+Neither is typed by hand in the page, so a plugin's task type gets a form.
+
 ``GET /api/admin/overview`` is for users marked ``users.is_admin`` (see
-``ops/README.md``, the operators' psql runbook); anyone else gets a 403.
+``ops/README.md``, the operators' psql runbook); anyone else gets a 403. The
+other operator tools are in :mod:`taskflow.api.admin`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from quart import Blueprint, Response, send_from_directory
 
 from taskflow.api import config, services
+from taskflow.api.admin import current_admin
 from taskflow.api.responses import json_response
-from taskflow.api.security import current_user_id, require_user
-from taskflow.errors import Forbidden, NotFound
+from taskflow.api.route_docs import documented
+from taskflow.api.schemas import ResponseModel
+from taskflow.api.security import require_user
+from taskflow.errors import NotFound
+from taskflow.models import CANCELLABLE, EDITABLE, RETRYABLE, TERMINAL, TRANSITIONS, TaskStatus
 from taskflow.store.pool import Record
 
 blueprint = Blueprint("dashboard", __name__)
@@ -74,6 +85,44 @@ async def asset(name: str) -> Response:
     return _page_headers(response)
 
 
+# ----- what the page reads of the task model
+
+
+def _ordered(statuses: frozenset[TaskStatus]) -> list[TaskStatus]:
+    return [status for status in TaskStatus if status in statuses]
+
+
+class TaskStates(ResponseModel):
+    """The task statuses, in the model's order, and what each allows."""
+
+    statuses: list[TaskStatus]
+    transitions: Annotated[
+        dict[TaskStatus, list[TaskStatus]],
+        Field(description="every status a task may move to from each (SPEC §3)"),
+    ]
+    cancellable: Annotated[list[TaskStatus], Field(description="POST .../cancel takes these")]
+    retryable: Annotated[list[TaskStatus], Field(description="POST .../retry takes these")]
+    editable: Annotated[list[TaskStatus], Field(description="PATCH takes these")]
+    finished: Annotated[list[TaskStatus], Field(description="DELETE takes these; terminal")]
+
+
+TASK_STATES = TaskStates(
+    statuses=list(TaskStatus),
+    transitions={status: _ordered(TRANSITIONS[status]) for status in TaskStatus},
+    cancellable=_ordered(CANCELLABLE),
+    retryable=_ordered(RETRYABLE),
+    editable=_ordered(EDITABLE),
+    finished=_ordered(TERMINAL),
+)
+
+
+@blueprint.get("/api/meta")
+@documented(response=TaskStates)
+async def task_states() -> Response:
+    """The task statuses and what each allows, from the one transition table."""
+    return json_response(TASK_STATES.model_dump(mode="json"))
+
+
 # ----- operator overview ------------------------------------------------------------
 
 
@@ -88,9 +137,7 @@ def _total(records: list[Record]) -> int:
 @blueprint.get("/api/admin/overview")
 @require_user
 async def operator_overview() -> Response:
-    user = await services().accounts.select_user_by_id(current_user_id())
-    if user is None or not user["is_admin"]:
-        raise Forbidden("the operator overview is for admins only")
+    await current_admin()
     overview = await services().events.select_operator_overview(
         # Three leases, as `taskflow status` counts: nine missed heartbeats.
         worker_alive_seconds=3 * config().settings.lease_seconds,

@@ -3,6 +3,7 @@ fill in the forms, find a row, call the API with the page's token."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,34 @@ def upload(page: Any, path: Path) -> None:
         page.locator('#upload button[type="submit"]').click()
     assert uploaded.value.status == 201, uploaded.value.text()
     expect(page.locator(f'#files-table tr[data-file="{path.name}"]')).to_be_visible()
+
+
+def register(page: Any, email: str) -> str:
+    """Another user, signed up through the API (not this page): their token."""
+    credentials = {"email": email, "password": PASSWORD}
+    assert page.request.post("/api/register", data=credentials).status == 201
+    answer = page.request.post("/api/login", data=credentials)
+    assert answer.status == 200, answer.text()
+    token: str = answer.json()["access_token"]
+    return token
+
+
+def sign_up_as_admin(page: Any, stack: Any, email: str) -> None:
+    """Sign up, be marked admin as an operator would in psql, sign in again."""
+    sign_up(page, email)
+    stack.sql("UPDATE users SET is_admin = true WHERE email = $1", email)
+    sign_out(page)
+    sign_in(page, email)
+    expect(page.locator("#nav-admin")).to_be_visible()
+
+
+def wait_for_sql(stack: Any, query: str, *args: Any, expected: Any, seconds: float = 30) -> None:
+    """Poll a query until its first value is ``expected``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rows = stack.sql(query, *args)
+        value = rows[0][0] if rows else None
+        if value == expected:
+            return
+        assert time.monotonic() < deadline, f"{query} is {value!r}, not {expected!r}"
+        time.sleep(0.1)

@@ -47,7 +47,7 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 LOGS = REPO / "test-artifacts" / "browser-logs"
-# The two the README shows; refreshed only when asked
+# The ones the README shows (for_readme=True); refreshed only when asked
 # (TASKFLOW_UPDATE_SCREENSHOTS=1), so a test run leaves the work tree clean.
 README_SCREENSHOTS = REPO / "ops" / "screenshots"
 UPDATE_README_SCREENSHOTS = os.environ.get("TASKFLOW_UPDATE_SCREENSHOTS") == "1"

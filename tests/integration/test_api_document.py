@@ -257,6 +257,28 @@ async def _files(api: DocumentedApi, headers: dict[str, str]) -> None:
     await call("delete", one, url="/api/files/notes.bin", headers=headers, expect=404)
 
 
+async def _admin(api: DocumentedApi, headers: dict[str, str]) -> None:
+    """The operator routes (the caller is an admin by now)."""
+    call = api.call
+    listed = await call("get", "/api/admin/tasks", headers=headers, expect=200)
+    one = "/api/admin/tasks/{task_id}"
+    for task in listed["tasks"]:
+        await call("get", one, url=f"/api/admin/tasks/{task['id']}", headers=headers, expect=200)
+    await call("get", one, url=f"/api/admin/tasks/{uuid4()}", headers=headers, expect=404)
+    for action in ("bulk-retry", "bulk-cancel"):
+        path = f"/api/admin/tasks/{action}"
+        await call("post", path, headers=headers, json={"type": "test_noop"}, expect=200)
+        await call("post", path, headers=headers, json={"max_tasks": 0}, expect=400)
+    types = "/api/admin/task-types/{task_type}"
+    for name, action, expect in (
+        ("test_noop", "pause", 200),
+        ("test_noop", "resume", 200),
+        ("nope", "pause", 404),
+    ):
+        url = f"/api/admin/task-types/{name}/{action}"
+        await call("post", f"{types}/{action}", url=url, headers=headers, json={}, expect=expect)
+
+
 async def _everything_without_path_variables(api: DocumentedApi, headers: dict[str, str]) -> None:
     """Every documented GET without a path variable, routes added later included."""
     for path, item in api.document["paths"].items():
@@ -277,6 +299,7 @@ async def test_every_documented_answer_matches_its_schema(api: DocumentedApi, st
     await api.call("get", "/api/admin/overview", headers=headers, expect=403)
     await store.pool.execute("UPDATE users SET is_admin = true WHERE email = 'user@example.com'")
     await _everything_without_path_variables(api, headers)
+    await _admin(api, headers)
 
     operations = {
         (path, method)

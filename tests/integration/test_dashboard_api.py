@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from quart.typing import TestClientProtocol as Client
 
 from taskflow.api.dashboard import STATIC_DIRECTORY
-from taskflow.models import TaskStatus
-from tests.integration.api_helpers import create_task, json_error, put_task_in, token_for
+from taskflow.models import TRANSITIONS, TaskStatus
+from tests.integration.api_helpers import (
+    create_task,
+    json_error,
+    put_task_in,
+    task_in,
+    token_for,
+)
 from tests.stores import Store
 
 LOADS_FROM_ELSEWHERE = re.compile(
@@ -130,3 +137,45 @@ async def test_the_overview_counts_what_is_there(client: Client, store: Store) -
     assert failures["total"] == 2  # failed for good, and retrying after a failure
     assert {item["status"] for item in failures["items"]} == {"failed", "retrying"}
     assert all(item["last_error"] == "boom" for item in failures["items"])
+
+
+async def test_the_task_states_are_what_the_routes_do(client: Client, store: Store) -> None:
+    """GET /api/meta, which the page reads instead of lists of its own: each
+    status's cancel, retry and delete answer as it says."""
+    meta = await (await client.get("/api/meta")).get_json()
+    assert meta["statuses"] == [str(status) for status in TaskStatus]
+    assert meta["transitions"] == {
+        str(status): [str(target) for target in TaskStatus if target in TRANSITIONS[status]]
+        for status in TaskStatus
+    }
+    headers = await token_for(store, "user@example.com")
+    for status in TaskStatus:
+        for action, allowed in (
+            ("cancel", "cancellable"),
+            ("retry", "retryable"),
+            ("", "finished"),
+        ):
+            task = await _task_in(client, headers, store, status)
+            if action:
+                response = await client.post(f"/api/tasks/{task['id']}/{action}", headers=headers)
+            else:
+                response = await client.delete(f"/api/tasks/{task['id']}", headers=headers)
+            succeeded = response.status_code in (200, 204)
+            assert succeeded == (status in meta[allowed]), (status, action or "delete")
+            if not succeeded:
+                await json_error(response, 409)
+    editable = await _task_in(client, headers, store, TaskStatus.POSTPONED)
+    assert "postponed" in meta["editable"]
+    patched = await client.patch(
+        f"/api/tasks/{editable['id']}", headers=headers, json={"priority": 1}
+    )
+    assert patched.status_code == 200
+
+
+async def _task_in(
+    client: Client, headers: dict[str, str], store: Store, status: TaskStatus
+) -> dict[str, Any]:
+    if status is TaskStatus.BLOCKED:
+        waited_for = await task_in(client, headers, store, TaskStatus.POSTPONED)
+        return await create_task(client, headers, depends_on=[waited_for["id"]])
+    return await task_in(client, headers, store, status)

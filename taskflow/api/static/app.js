@@ -3,9 +3,16 @@
 
 import { api, session, whenSignedOut } from "./api.js";
 import { clear, h, toast } from "./dom.js";
+import { withSchema } from "./schema.js";
 import { renderAdmin } from "./views/admin.js";
+import { renderAllSchedules, renderUserShares } from "./views/admin_lists.js";
+import { renderOperatorTask } from "./views/admin_task.js";
+import { renderOperatorTasks } from "./views/admin_tasks.js";
+import { renderTaskTypes } from "./views/admin_types.js";
 import { renderSignIn } from "./views/auth.js";
 import { renderFiles } from "./views/files.js";
+import { renderLimits } from "./views/limits.js";
+import { renderSchedules } from "./views/schedules.js";
 import { renderTask } from "./views/task.js";
 import { renderTasks } from "./views/tasks.js";
 
@@ -13,12 +20,22 @@ const main = document.getElementById("main");
 let leaveView = () => {};
 let afterSignIn = null;
 
+const ID = "([0-9a-fA-F-]{36})";
+// Views that need the API's description of itself (schema.js) get it first.
+const described = (render) => (match) => withSchema(main, (schema) => render(schema, match));
 const routes = [
   [/^#\/login$/, () => renderSignIn(main, { onSignedIn })],
-  [/^#\/tasks$/, () => renderTasks(main)],
-  [/^#\/tasks\/([0-9a-fA-F-]{36})$/, (match) => renderTask(main, match[1])],
+  [/^#\/tasks$/, described((schema) => renderTasks(main, schema))],
+  [new RegExp(`^#/tasks/${ID}$`), described((schema, match) => renderTask(main, match[1], schema))],
+  [/^#\/schedules$/, described((schema) => renderSchedules(main, schema))],
   [/^#\/files$/, () => renderFiles(main)],
+  [/^#\/limits$/, described((schema) => renderLimits(main, schema))],
   [/^#\/admin$/, () => renderAdmin(main)],
+  [/^#\/admin\/tasks(?:\?(.*))?$/, described((schema, match) => renderOperatorTasks(main, schema, match[1]))],
+  [new RegExp(`^#/admin/tasks/${ID}$`), (match) => renderOperatorTask(main, match[1])],
+  [/^#\/admin\/types$/, () => renderTaskTypes(main)],
+  [/^#\/admin\/schedules$/, () => renderAllSchedules(main)],
+  [/^#\/admin\/users$/, () => renderUserShares(main)],
 ];
 
 function route() {
@@ -69,8 +86,9 @@ function showSession() {
 
 async function onSignedIn() {
   // Admins see the operator link; anyone else gets a 403 here and no link.
+  // (A light operator route: the task types and their queued counts.)
   try {
-    await api("/api/admin/overview");
+    await api("/api/admin/task-types");
     session.setAdmin(true);
   } catch {
     session.setAdmin(false);

@@ -48,9 +48,16 @@ export function clearErrors(form) {
   });
 }
 
+/** The error slot of the field an input belongs to. */
+function slotNear(input) {
+  const holder = input.closest(".field");
+  return holder ? holder.querySelector("[data-error-for]") : null;
+}
+
 /**
- * fieldName(apiField) maps "payload.to" or "urls.0" to the form's name for it
- * (or null: show it at the top).
+ * fieldName(apiField) maps "payload.to" or "urls.0" to the form's name for
+ * it, or to the input itself (where two parts of a form may use one name),
+ * or null: show it at the top.
  */
 export function showErrors(form, error, fieldName) {
   const general = slotOf(form, "(form)");
@@ -58,8 +65,9 @@ export function showErrors(form, error, fieldName) {
   const unplaced = [];
   for (const detail of error.details) {
     const name = fieldName(String(detail.field || ""));
-    const slot = name ? slotOf(form, name) : null;
-    const input = name ? form.querySelector(`[name="${CSS.escape(name)}"]`) : null;
+    const input = name instanceof Element ? name
+      : name ? form.querySelector(`[name="${CSS.escape(name)}"]`) : null;
+    const slot = name instanceof Element ? slotNear(name) : name ? slotOf(form, name) : null;
     if (slot && input) {
       slot.textContent = slot.textContent ? `${slot.textContent}; ${detail.message}` : detail.message;
       slot.hidden = false;

@@ -1,20 +1,23 @@
 // One task: details, payload, result (an image as a thumbnail, files as
-// download links), and its history as a timeline, all kept live.
+// download links), the tasks it waits for and that wait for it, and its
+// history as a timeline, all kept live.
 
 import { api, ApiError, downloadFile, fileBlobUrl } from "../api.js";
-import { clear, debounce, formatBytes, h, statusBadge, timeElement, toast } from "../dom.js";
+import { clear, debounce, formatBytes, h, statusBadge, toast } from "../dom.js";
 import { LiveStream } from "../live.js";
+import { definitions, dependencyLists, detailRows, historyItem } from "./task_parts.js";
 import { actionButtons } from "./tasks.js";
 
 const IMAGE_TYPES = { ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
   ".gif": "image/gif", ".webp": "image/webp", ".bmp": "image/bmp" };
 
-export function renderTask(main, taskId) {
+export function renderTask(main, taskId, schema) {
   const header = h("div", { class: "card-head" });
   const details = h("dl", { class: "details" });
   const payload = h("pre", { class: "json", id: "task-payload" });
   const result = h("div", { id: "task-result" });
   const timeline = h("ol", { class: "timeline", id: "task-history" });
+  const links = h("div", { class: "columns", id: "task-links" });
   const blobUrls = [];
   let shownResult = null;
 
@@ -24,6 +27,7 @@ export function renderTask(main, taskId) {
     h("div", { class: "columns" },
       h("section", { class: "card" }, h("h2", {}, "Payload"), payload),
       h("section", { class: "card" }, h("h2", {}, "Result"), result)),
+    h("section", { class: "card" }, h("h2", {}, "Dependencies"), links),
     h("section", { class: "card" }, h("h2", {}, "History"), timeline));
 
   let latestLoad = 0;
@@ -35,9 +39,11 @@ export function renderTask(main, taskId) {
     const mine = ++latestLoad;
     let task;
     let history;
+    let linked;
     try {
-      [task, history] = await Promise.all([
-        api(`/api/tasks/${taskId}`), api(`/api/tasks/${taskId}/history`)]);
+      [task, history, linked] = await Promise.all([
+        api(`/api/tasks/${taskId}`), api(`/api/tasks/${taskId}/history`),
+        api(`/api/tasks/${taskId}/dependencies`)]);
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
       if (mine !== latestLoad) return;
@@ -49,19 +55,11 @@ export function renderTask(main, taskId) {
     clear(header,
       h("h1", {}, h("span", { class: "type" }, task.type), " ", h("span", { class: "mono muted" }, task.id)),
       h("div", { class: "head-right" }, statusBadge(task.status),
-        actionButtons(task, (changed) => { if (changed === null) location.hash = "#/tasks"; else load(); })));
-    const rows = [
-      ["Status", statusBadge(task.status)],
-      ["Attempts", `${task.attempts} of ${task.max_retries + 1} (retries done: ${task.retries})`],
-      ["Priority", String(task.priority)],
-      ["Run at", timeElement(task.run_at)],
-      ["Created", timeElement(task.created_at)],
-      ["Updated", timeElement(task.updated_at)],
-      ["Started", timeElement(task.started_at)],
-      ["Finished", timeElement(task.finished_at)],
-    ];
-    if (task.last_error) rows.push(["Last error", h("span", { class: "error-text" }, task.last_error)]);
-    clear(details, rows.map(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
+        actionButtons(task, schema, (changed) => {
+          if (changed === null) location.hash = "#/tasks";
+          else load();
+        })));
+    clear(details, definitions(detailRows(task)));
     details.dataset.status = task.status;
     payload.textContent = JSON.stringify(task.payload, null, 2);
     const resultKey = JSON.stringify(task.result);
@@ -69,13 +67,14 @@ export function renderTask(main, taskId) {
       shownResult = resultKey;
       renderResult(task);
     }
+    clear(links, dependencyLists(linked, (id) => `#/tasks/${id}`));
     clear(timeline, history.map(historyItem));
   }
 
   function renderResult(task) {
     const value = task.result;
     if (value === null || value === undefined) {
-      clear(result, h("p", { class: "muted" }, FINISHED_WITHOUT.has(task.status)
+      clear(result, h("p", { class: "muted" }, schema.finished.has(task.status)
         ? "No result." : "No result yet."));
       return;
     }
@@ -122,24 +121,10 @@ export function renderTask(main, taskId) {
   };
 }
 
-const FINISHED_WITHOUT = new Set(["done", "failed", "cancelled"]);
-
 function downloadLink(name) {
   return h("a", { href: "#", class: "download", dataset: { file: name },
     onclick: (event) => {
       event.preventDefault();
       downloadFile(name).catch((error) => toast(error.message, "error"));
     } }, name);
-}
-
-function historyItem(entry) {
-  return h("li", { dataset: { event: entry.event, to: entry.to_status } },
-    h("div", { class: "when" }, timeElement(entry.at)),
-    h("div", { class: "what" },
-      h("strong", {}, entry.event), " ",
-      entry.from_status ? [statusBadge(entry.from_status), " → "] : null,
-      statusBadge(entry.to_status),
-      h("span", { class: "muted" }, ` attempt ${entry.attempt}`,
-        entry.worker_id ? ` · ${entry.worker_id}` : "", entry.actor ? ` · ${entry.actor}` : ""),
-      entry.error ? h("div", { class: "error-text" }, entry.error) : null));
 }

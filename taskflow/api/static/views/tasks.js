@@ -1,4 +1,7 @@
 // "My tasks": the create form, the filtered and paged table, live updates.
+// The statuses and types of the filters, what each row says of its payload
+// and which buttons it has all come from the API's description of itself
+// (schema.js).
 //
 // A row shows the newest state of its task the page has seen, whether it
 // came from a page of the list, an event of the stream or the answer to one
@@ -11,19 +14,15 @@ import { api, ApiError, nextLink } from "../api.js";
 import { clear, debounce, h, shortId, statusBadge, timeElement, toast } from "../dom.js";
 import { LiveStream } from "../live.js";
 import { eventFields, isNewer, stampOfEvent, stampOfTask } from "./freshness.js";
-import { createForm, TYPES } from "./new_task.js";
+import { createForm } from "./new_task.js";
 
-const STATUSES = ["blocked", "postponed", "queued", "processing", "retrying", "done", "failed", "cancelled"];
 const PAGE_SIZE = 20;
-export const CANCELLABLE = new Set(["blocked", "postponed", "queued", "processing", "retrying"]);
-export const RETRYABLE = new Set(["failed", "cancelled"]);
-export const FINISHED = new Set(["done", "failed", "cancelled"]);
 // The newest states remembered for tasks, on the page or not; the oldest
 // remembered are forgotten first. A forgotten task's row still has its own
 // state to compare with.
 const KNOWN_KEPT = 2000;
 
-export function renderTasks(main) {
+export function renderTasks(main, schema) {
   const state = {
     status: "", type: "",
     pages: [null],        // the URL of each page seen so far; null is the first
@@ -40,14 +39,14 @@ export function renderTasks(main) {
   const older = h("button", { type: "button", id: "page-older", disabled: true, onclick: () => go(state.page + 1) }, "Older →");
   const statusFilter = h("select", { id: "filter-status", "aria-label": "Status",
     onchange: () => { state.status = statusFilter.value; reset(); } },
-    h("option", { value: "" }, "all statuses"), STATUSES.map((s) => h("option", { value: s }, s)));
+    h("option", { value: "" }, "all statuses"), schema.statuses.map((s) => h("option", { value: s }, s)));
   const typeFilter = h("select", { id: "filter-type", "aria-label": "Type",
     onchange: () => { state.type = typeFilter.value; reset(); } },
-    h("option", { value: "" }, "all types"), TYPES.map((t) => h("option", { value: t }, t)));
+    h("option", { value: "" }, "all types"), schema.typeNames.map((t) => h("option", { value: t }, t)));
 
   clear(main,
     h("h1", { class: "visually-hidden" }, "Tasks"),
-    createForm(() => { if (state.page === 0) reload(); }),
+    createForm(schema, () => { if (state.page === 0) reload(); }),
     h("section", { class: "card", "aria-labelledby": "my-tasks-title" },
       h("div", { class: "card-head" },
         h("h2", { id: "my-tasks-title" }, "My tasks"),
@@ -132,7 +131,7 @@ export function renderTasks(main) {
     // Built, brought up to date and put on the page in one go: a row never
     // shows the page's older state, not even for a frame.
     const rows = tasks.map((task) => {
-      const row = taskRow(task, onAction);
+      const row = taskRow(task, schema, onAction);
       const newest = known.get(task.id);
       if (newest) offer(row, newest.stamp, newest.fields);
       state.rows.set(task.id, row);
@@ -167,32 +166,45 @@ export function renderTasks(main) {
 }
 
 /** One row of the table; onAction(row, task or null) after one of its buttons. */
-export function taskRow(task, onAction) {
+export function taskRow(task, schema, onAction) {
   const row = h("tr", { dataset: { taskId: task.id, status: task.status } },
     h("td", {}, h("a", { href: `#/tasks/${task.id}`, class: "mono", title: task.id }, shortId(task.id))),
     h("td", { class: "type" }, task.type),
-    h("td", { class: "what", title: summary(task) }, summary(task)),
+    h("td", { class: "what", title: summary(task, schema) }, summary(task, schema)),
     h("td", { class: "status" }),
     h("td", { class: "attempts" }),
     h("td", { class: "run-at" }, timeElement(task.run_at)),
     h("td", { class: "updated" }),
     h("td", { class: "actions" }));
   row.task = { ...task };
+  row.schema = schema;
   row.onAction = onAction;
   renderRow(row);
   return row;
 }
 
-/** A few words on what the task does, from its payload. */
-export function summary(task) {
+/** One payload value in a few words: a list as its first item and how many more. */
+function brief(field, value) {
+  if (Array.isArray(value)) return value.length > 1 ? `${value[0]} +${value.length - 1}` : String(value[0] ?? "");
+  if (typeof value === "string") return value;
+  return `${field.name} ${JSON.stringify(value)}`;
+}
+
+/**
+ * A few words on what the task does, from its payload as its type's fields
+ * describe it: the required fields, then the first optional text given.
+ */
+export function summary(task, schema) {
   const payload = task.payload || {};
-  if (task.type === "send_email") return [payload.to, payload.subject].filter(Boolean).join(": ");
-  if (task.type === "process_image") return payload.path || "";
-  if (task.type === "download_files" && Array.isArray(payload.urls)) {
-    const [first] = payload.urls;
-    return payload.urls.length > 1 ? `${first} +${payload.urls.length - 1}` : first || "";
-  }
-  return "";
+  const type = schema.types.get(task.type);
+  const given = (field) => payload[field.name] !== undefined && payload[field.name] !== null
+    && payload[field.name] !== "";
+  const fields = type ? type.fields.filter(given) : [];
+  const parts = fields.filter((field) => field.required).map((field) => brief(field, payload[field.name]));
+  const text = fields.find((field) => !field.required && typeof payload[field.name] === "string");
+  if (text) parts.push(payload[text.name]);
+  if (!parts.length && fields.length) parts.push(brief(fields[0], payload[fields[0].name]));
+  return parts.join(" — ");
 }
 
 function renderRow(row) {
@@ -201,11 +213,11 @@ function renderRow(row) {
   clear(row.querySelector(".status"), statusBadge(task.status));
   row.querySelector(".attempts").textContent = `${task.attempts} / ${task.max_retries + 1}`;
   clear(row.querySelector(".updated"), timeElement(task.updated_at));
-  clear(row.querySelector(".actions"), actionButtons(task, (changed) => row.onAction(row, changed)));
+  clear(row.querySelector(".actions"), actionButtons(task, row.schema, (changed) => row.onAction(row, changed)));
 }
 
-/** Cancel / Retry / Delete, as the task's status allows. done(task or null). */
-export function actionButtons(task, done) {
+/** Cancel / Retry / Delete, as the server says the task's status allows. done(task or null). */
+export function actionButtons(task, schema, done) {
   const act = async (button, method, path, message) => {
     button.disabled = true;
     try {
@@ -220,19 +232,19 @@ export function actionButtons(task, done) {
   };
   const label = `task ${shortId(task.id)}`;
   const buttons = [];
-  if (CANCELLABLE.has(task.status)) {
+  if (schema.cancellable.has(task.status)) {
     const button = h("button", { type: "button", class: "small", dataset: { action: "cancel" },
       "aria-label": `Cancel ${label}`,
       onclick: () => act(button, "POST", `/api/tasks/${task.id}/cancel`, "Task cancelled") }, "Cancel");
     buttons.push(button);
   }
-  if (RETRYABLE.has(task.status)) {
+  if (schema.retryable.has(task.status)) {
     const button = h("button", { type: "button", class: "small", dataset: { action: "retry" },
       "aria-label": `Retry ${label}`,
       onclick: () => act(button, "POST", `/api/tasks/${task.id}/retry`, "Task queued again") }, "Retry");
     buttons.push(button);
   }
-  if (FINISHED.has(task.status)) {
+  if (schema.finished.has(task.status)) {
     const button = h("button", { type: "button", class: "small danger", dataset: { action: "delete" },
       "aria-label": `Delete ${label}`,
       onclick: () => {
