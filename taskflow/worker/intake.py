@@ -78,6 +78,11 @@ class Intake:
         self.claim_wake = asyncio.Event()
         self.postgres_wake = asyncio.Event()
         self._notified = False
+        # An id still unclaimed this long after it was sent waits in a worker
+        # that cannot start it: an idle worker may take it instead (its
+        # receiver then finds it claimed and drops it). Two dispatch windows:
+        # far longer than a delivery takes.
+        self.stale_seconds = 2 * settings.dispatch_window_ms / 1000
 
     async def on_delivery(self, task_ids: list[UUID], ack: Ack) -> None:
         if not self.accepting:
@@ -134,12 +139,12 @@ class Intake:
             if self.deliveries:
                 self.claim_wake.set()
 
-    async def _balance(self, limit: int, poll: float) -> list[Record]:
-        """Nothing delivered for a poll interval, with free slots: take ids
+    async def _balance(self, limit: int) -> list[Record]:
+        """Nothing delivered for a balance interval, with free slots: take ids
         picked a while ago that nobody claimed, then, for what is left, from
         the pick itself (no dispatcher is keeping up, or none runs)."""
         rows = await self.dispatch.claim_stale_dispatched(
-            limit, self.worker_id, self.lease_seconds, older_than_seconds=poll
+            limit, self.worker_id, self.lease_seconds, older_than_seconds=self.stale_seconds
         )
         if len(rows) < limit:
             rows += await self.dispatch.claim_fair(
@@ -161,21 +166,26 @@ class Intake:
 
         Without a (connected) broker this is how work arrives: the fair pick
         itself (``taskflow_claim_fair``), woken by NOTIFY, a freed slot, or the
-        poll interval as a safety net. With the broker, the dispatcher sends
+        balance interval below as a safety net. With the broker, the dispatcher sends
         the ids, and this loop does two things only: a worker with nothing
         delivered that hears of new tasks takes them from the pick at once
         (no round trip through the dispatcher and RabbitMQ when it is idle);
-        and every poll interval a worker with free slots and nothing delivered
-        balances (:meth:`_balance`): ids picked a while ago that nobody
-        claimed, typically waiting in another worker's buffer behind long
-        tasks (that worker drops them when their claim finds them taken).
+        and every balance interval (four dispatch windows, at most the poll
+        interval) a worker with free slots and nothing delivered balances
+        (:meth:`_balance`): ids sent a while ago that nobody claimed,
+        typically waiting in the buffer of a worker busy with long tasks, or
+        frozen (that worker drops them when their claim finds them taken).
         """
         poll = self.settings.worker_poll_interval_ms / 1000
+        # An idle worker balances more often than it polls: an id sent to a
+        # worker that froze or is busy with long tasks (RabbitMQ hands ids
+        # round-robin, whoever is free) should not wait a whole poll interval.
+        balance = min(poll, 4 * self.stale_seconds)
         self.postgres_wake.set()  # look once at start: work may be waiting already
         self._notified = True
         last_look = 0.0
         while not self._stop.is_set():
-            await wait_event(self.postgres_wake, poll)
+            await wait_event(self.postgres_wake, balance)
             self.postgres_wake.clear()
             notified, self._notified = self._notified, False
             if not self.accepting or not self._live.is_set() or self.slots.free <= 0:
@@ -201,10 +211,10 @@ class Intake:
                     start_now=start_now,
                     limits=self.limits,
                 )
-            elif time.monotonic() - last_look >= poll:
+            elif time.monotonic() - last_look >= balance:
                 last_look = time.monotonic()
                 limit = start_now
-                claim = self._balance(limit, poll)
+                claim = self._balance(limit)
             else:
                 continue
             self.slots.claiming += limit
