@@ -117,9 +117,11 @@ class Dispatcher:
         self._in_window = in_window + len(picked)
         if picked:
             await self._publish([row["id"] for row in picked])
-        # A full take means more is queued: come back as the window drains.
+        # A full take means more is queued: come back as the window drains,
+        # sooner when the workers had emptied it.
         if room <= 0 or len(picked) == room:
-            return max(0.005, self.window_seconds / 4)
+            quarter = self.window_seconds / 4
+            return max(0.005, quarter / 4 if in_window == 0 else quarter)
         return IDLE_SECONDS
 
     def _observe_claims(self, in_window: int, now: float) -> None:
@@ -129,6 +131,11 @@ class Dispatcher:
             return
         claimed = max(0, self._in_window - in_window)
         rate = claimed / elapsed
+        if in_window == 0 and claimed > 0:
+            # The workers emptied the window: they could have taken more, so
+            # what they took is a floor of their rate, not an average of it.
+            self._claim_rate = max(self._claim_rate, rate)
+            return
         self._claim_rate = (
             rate
             if self._claim_rate == 0

@@ -57,17 +57,12 @@ CLAIMED_COLUMNS = """
 # the rescue cannot tell whether they started and puts them back uncounted
 # (db/functions/20_lease_rescue.sql); a task put back that way is never
 # claimed ahead again (unstarted_rescues), so its next crash is counted.
-CLAIM_QUEUED_TASKS = f"""
-UPDATE tasks t SET status = 'processing', attempts = t.attempts + 1, worker_id = $2,
-    lease_expires_at = now() + make_interval(secs => $3),
-    started_at = CASE WHEN w.position <= $4 THEN now() END,
-    claim_token = nextval('task_claim_token_seq'), updated_at = now()
-FROM unnest($1::uuid[]) WITH ORDINALITY AS w(id, position)
-WHERE t.id = w.id AND t.status::text = 'queued'
-  AND (w.position <= $4 OR t.unstarted_rescues = 0)
-  AND EXISTS (SELECT 1 FROM dispatched_tasks d WHERE d.task_id = t.id)
-  AND NOT EXISTS (SELECT 1 FROM paused_task_types p WHERE p.type = t.type)
-RETURNING {CLAIMED_COLUMNS}
+# (The statement is db/functions/50_fair_dispatch.sql's taskflow_claim_dispatched,
+# planned afresh at every call; it returns CLAIMED_COLUMNS.)
+CLAIM_QUEUED_TASKS = """
+SELECT id, user_id, type, payload, attempts, max_retries, result, claim_token, run_at,
+       last_attempt, started, files_max_bytes, has_dependencies
+FROM taskflow_claim_dispatched($1::uuid[], $2, $3, $4)
 """
 # Fenced: only the attempt holding claim_token may write its outcome. A worker
 # whose lease lapsed (and whose task was rescued or re-claimed) changes nothing.
