@@ -22,11 +22,14 @@ other operator tools are in :mod:`taskflow.api.admin`.
 
 from __future__ import annotations
 
+import asyncio
+import mimetypes
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field
-from quart import Blueprint, Response, send_from_directory
+from quart import Blueprint, Response
+from werkzeug.security import safe_join
 
 from taskflow.api import config, services
 from taskflow.api.admin import current_admin
@@ -69,10 +72,26 @@ def _page_headers(response: Response) -> Response:
     return response
 
 
+async def _static_file(name: str) -> Response:
+    """The file's bytes, read whole: the files are a few KiB, and a streamed
+    file whose response is never read (a client that hangs up) would hold an
+    open file until the garbage collector finds it."""
+    path = safe_join(str(STATIC_DIRECTORY), name)
+    if path is None:
+        raise NotFound("no such dashboard file")
+    try:
+        body = await asyncio.to_thread(Path(path).read_bytes)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise NotFound("no such dashboard file") from None
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    if content_type.startswith("text/") or content_type.endswith("javascript"):
+        content_type += "; charset=utf-8"
+    return Response(body, content_type=content_type)
+
+
 @blueprint.get("/")
 async def index() -> Response:
-    response = await send_from_directory(STATIC_DIRECTORY, "index.html")
-    return _page_headers(response)
+    return _page_headers(await _static_file("index.html"))
 
 
 @blueprint.get("/dashboard/<path:name>")
@@ -80,9 +99,8 @@ async def asset(name: str) -> Response:
     path = Path(name)
     if path.suffix not in ASSET_SUFFIXES or any(part.startswith(".") for part in path.parts):
         raise NotFound("no such dashboard file")
-    # send_from_directory refuses names that climb out of the directory.
-    response = await send_from_directory(STATIC_DIRECTORY, name)
-    return _page_headers(response)
+    # safe_join refuses names that climb out of the directory.
+    return _page_headers(await _static_file(name))
 
 
 # ----- what the page reads of the task model

@@ -149,6 +149,9 @@ async def task_in(
     """A new task of the caller's, in ``status``; returns it as the API shows it."""
     if status is TaskStatus.POSTPONED:
         return await create_task(client, headers, run_at=FUTURE)
+    if status is TaskStatus.BLOCKED:
+        waited_for = await create_task(client, headers)
+        return await create_task(client, headers, depends_on=[waited_for["id"]])
     task = await create_task(client, headers)
     await put_task_in(store, task["id"], status)
     response = await client.get(f"/api/tasks/{task['id']}", headers=headers)

@@ -26,7 +26,18 @@ from taskflow.cli.startup import database_unavailable
 from tests.conftest import ADMIN_DSN
 from tests.integration.ops_helpers import PYTHON, REPO_ROOT, subprocess_env, write_config
 
-COMMANDS = ("api", "scheduler", "worker", "migrate", "up", "status", "tasks", "bench")
+COMMANDS = (
+    "api",
+    "scheduler",
+    "worker",
+    "migrate",
+    "up",
+    "status",
+    "tasks",
+    "pause",
+    "resume",
+    "bench",
+)
 TASK_ID = "0194f9f2-6d3c-7c1e-9a4b-2f0e8d7c6b5a"
 
 
