@@ -58,12 +58,16 @@ class Broker:
         publish_timeout: float = 5.0,
         ids_per_message: int = DEFAULT_IDS_PER_MESSAGE,
         name: str = "taskflow",
+        queue_type: str = "classic",
     ) -> None:
         if not 1 <= ids_per_message <= MAX_IDS_PER_MESSAGE:
             raise ValueError(f"ids_per_message must be 1..{MAX_IDS_PER_MESSAGE}")
         self.url = url
         self.ids_per_message = ids_per_message
         self.queue_name = queue_name
+        # Declared with x-queue-type only when not classic: a classic queue
+        # declared before the argument existed must still match.
+        self._queue_arguments = {} if queue_type == "classic" else {"x-queue-type": queue_type}
         self.prefetch = 0
         self.on_delivery: Delivery | None = None
         self.publish_timeout = publish_timeout
@@ -159,7 +163,9 @@ class Broker:
         # workers fall back to Postgres without waiting for the reconnect loop.
         connection.close_callbacks.add(self._on_connection_closed)
         channel = await connection.channel(publisher_confirms=True)
-        queue = await channel.declare_queue(self.queue_name, durable=True)
+        queue = await channel.declare_queue(
+            self.queue_name, durable=True, arguments=self._queue_arguments
+        )
         self._channel, self._queue = channel, queue
         if self.on_delivery is not None:
             await self._start_consumer(connection)
@@ -170,7 +176,9 @@ class Broker:
         # Consuming on its own channel: its prefetch must not throttle publishing.
         consume_channel = await connection.channel()
         await consume_channel.set_qos(prefetch_count=self.prefetch)
-        consume_queue = await consume_channel.declare_queue(self.queue_name, durable=True)
+        consume_queue = await consume_channel.declare_queue(
+            self.queue_name, durable=True, arguments=self._queue_arguments
+        )
         self._consume_channel, self._queue = consume_channel, consume_queue
         self._consumer_tag = await consume_queue.consume(self._on_message)
 

@@ -132,6 +132,10 @@ class Settings(Tunables):
     database_url: SecretStr
     amqp_url: SecretStr | None = None
     amqp_queue: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")] = "tasks"
+    # quorum: RabbitMQ's replicated queue (SPEC §10), for a cluster; it runs
+    # on one node too. A queue keeps the type it was created with: switching
+    # needs a new AMQP_QUEUE name (or the old queue deleted).
+    amqp_queue_type: Literal["classic", "quorum"] = "classic"
     mail_host: str = "127.0.0.1"
     mail_port: Annotated[int, Field(ge=1, le=65535)] = 25
     mail_username: str | None = None
@@ -220,6 +224,7 @@ def _amqp_url(env: Mapping[str, str]) -> str | None:
 
 _ENV_FIELDS = {
     "AMQP_QUEUE": "amqp_queue",
+    "AMQP_QUEUE_TYPE": "amqp_queue_type",
     "MAIL_HOST": "mail_host",
     "MAIL_PORT": "mail_port",
     "MAIL_USERNAME": "mail_username",

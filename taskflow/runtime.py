@@ -54,6 +54,7 @@ async def _started_broker(settings: Settings, name: str) -> Broker | None:
         settings.amqp_queue,
         ids_per_message=settings.ids_per_message,
         name=name,
+        queue_type=settings.amqp_queue_type,
     )
     broker.start()
     await broker.wait_connected(timeout=BROKER_CONNECT_SECONDS)
