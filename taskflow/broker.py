@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 from uuid import UUID
 
 import aio_pika
@@ -67,7 +68,9 @@ class Broker:
         self.queue_name = queue_name
         # Declared with x-queue-type only when not classic: a classic queue
         # declared before the argument existed must still match.
-        self._queue_arguments = {} if queue_type == "classic" else {"x-queue-type": queue_type}
+        self._queue_arguments: dict[str, Any] = (
+            {} if queue_type == "classic" else {"x-queue-type": queue_type}
+        )
         self.prefetch = 0
         self.on_delivery: Delivery | None = None
         self.publish_timeout = publish_timeout

@@ -84,7 +84,7 @@ async def _static_file(name: str) -> Response:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise NotFound("no such dashboard file") from None
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    if content_type.startswith("text/") or content_type.endswith("javascript"):
+    if content_type.partition("/")[0] == "text" or content_type.endswith("javascript"):
         content_type += "; charset=utf-8"
     return Response(body, content_type=content_type)
 
