@@ -65,6 +65,13 @@ QUEUE_DEPTH = Gauge(
     registry=REGISTRY,
     multiprocess_mode="mostrecent",
 )
+VACUUM_HORIZON_XID_AGE = Gauge(
+    "taskflow_vacuum_horizon_xid_age",
+    "Transactions since the oldest holder of the vacuum horizon began, by kind "
+    "(transaction, replication slot, prepared transaction), read at scrape time.",
+    ["kind"],
+    registry=REGISTRY,
+)
 OLDEST_AGE_SECONDS = Gauge(
     "taskflow_oldest_task_age_seconds",
     "Age of the oldest task per waiting status (by run_at), read at scrape time.",

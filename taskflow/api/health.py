@@ -10,7 +10,7 @@ from taskflow.api import config, services
 from taskflow.api.responses import model_response
 from taskflow.api.route_docs import Body, Reply, documented
 from taskflow.api.schemas import Liveness, Readiness
-from taskflow.metrics import OLDEST_AGE_SECONDS, QUEUE_DEPTH, render
+from taskflow.metrics import OLDEST_AGE_SECONDS, QUEUE_DEPTH, VACUUM_HORIZON_XID_AGE, render
 from taskflow.store.pool import CONNECTION_ERRORS
 
 blueprint = Blueprint("health", __name__)
@@ -33,6 +33,10 @@ async def metrics() -> Response:
     for row in await services().operators.select_queue_depth():
         QUEUE_DEPTH.labels(row["status"]).set(row["tasks"])
         OLDEST_AGE_SECONDS.labels(row["status"]).set(float(row["oldest_seconds"]))
+    for kind in ("transaction", "replication slot", "prepared transaction"):
+        VACUUM_HORIZON_XID_AGE.labels(kind).set(0)
+    for row in await services().operators.select_horizon_ages():
+        VACUUM_HORIZON_XID_AGE.labels(row["kind"]).set(row["xid_age"] or 0)
     body, content_type = render()
     return Response(body, content_type=content_type)
 

@@ -45,6 +45,8 @@ class StatusReport:
     failures_total: int
     throughput: list[dict[str, Any]]
     long_transactions: list[dict[str, Any]]
+    # Replication slots and prepared transactions holding back vacuum.
+    horizon_holders: list[dict[str, Any]]
     paused_types: list[dict[str, Any]] = field(default_factory=list)
     # The busiest users first (taskflow_user_shares); the total have unfinished tasks.
     user_shares: list[dict[str, Any]] = field(default_factory=list)
@@ -90,6 +92,7 @@ async def collect_status(
         failures_total=total,
         throughput=_rows(await store.select_throughput()),
         long_transactions=_rows(await store.select_long_transactions(long_transaction_seconds)),
+        horizon_holders=_rows(await store.select_horizon_holders(long_transaction_seconds)),
         paused_types=_rows(await PausedTypeStore(store.pool).select_paused_types()),
         user_shares=user_shares,
         user_shares_total=users_total,
@@ -106,6 +109,17 @@ def _warnings(report: StatusReport) -> list[str]:
             f"user {tx['user_name']}, application {tx['application_name'] or '-'}, "
             f"{tx['state']}) holds back vacuum of tasks and task_history; "
             f"end it, or SELECT pg_terminate_backend({tx['pid']});"
+        )
+    for holder in report.horizon_holders:
+        if holder["kind"] == "replication slot":
+            fix = f"SELECT pg_drop_replication_slot('{holder['holder']}'); if nobody reads it"
+            since = f"{holder['xid_age']:,} transactions ago"
+        else:
+            fix = f"COMMIT PREPARED or ROLLBACK PREPARED '{holder['holder']}'"
+            since = f"for {format_duration(holder['age'])}"
+        warnings.append(
+            f"{holder['kind']} {holder['holder']} ({holder['detail']}) holds back vacuum "
+            f"of tasks and task_history, {since}: {fix}"
         )
     if report.stuck:
         warnings.append(

@@ -65,6 +65,15 @@ SELECT pid, user_name, application_name, state, xact_start, xact_age, holds_snap
 FROM taskflow_open_transactions
 WHERE xact_start < now() - make_interval(secs => $1)
 """
+# Holders of the vacuum horizon other than plain transactions (those are
+# above, with their query): slots and prepared transactions.
+SELECT_HORIZON_HOLDERS = """
+SELECT kind, holder, detail, age, xid_age FROM taskflow_vacuum_horizon
+WHERE kind <> 'transaction' AND (age IS NULL OR age > make_interval(secs => $1))
+"""
+SELECT_HORIZON_AGES = """
+SELECT kind, max(xid_age) AS xid_age FROM taskflow_vacuum_horizon GROUP BY kind
+"""
 # Any owner's task: operators are not scoped to a user.
 SELECT_ANY_TASK = f"""
 SELECT {TASK_COLUMNS}, worker_id, lease_expires_at, lease_crashes
@@ -166,6 +175,12 @@ class OperatorStore(Queries):
 
     async def select_long_transactions(self, older_than_seconds: float) -> list[Record]:
         return await self._fetch_views(SELECT_LONG_TRANSACTIONS, older_than_seconds)
+
+    async def select_horizon_holders(self, older_than_seconds: float) -> list[Record]:
+        return await self._fetch_views(SELECT_HORIZON_HOLDERS, older_than_seconds)
+
+    async def select_horizon_ages(self) -> list[Record]:
+        return await self._fetch_views(SELECT_HORIZON_AGES)
 
     async def select_any_task(self, task_id: UUID) -> Record | None:
         return await self.pool.fetchrow(SELECT_ANY_TASK, task_id)

@@ -137,6 +137,7 @@ async def test_views_and_functions_are_discoverable(psql: asyncpg.Connection) ->
         "taskflow_table_health",
         "taskflow_schedules",
         "taskflow_blocked",
+        "taskflow_vacuum_horizon",
         "taskflow_user_shares",
     }
     for view in views:
