@@ -110,6 +110,13 @@ class Dispatcher:
         if now >= self._redispatch_at:
             await self._redispatch_stale()
             self._redispatch_at = now + self.settings.republish_after_seconds / 2
+        if self._live_slots == 0:
+            # Nobody to run them: ids sent now would wait in RabbitMQ for
+            # the next workers, sized by a rate the last ones had, and
+            # anyone's new task behind them. The next workers claim from
+            # the pick themselves at start; the window grows from there.
+            self._claim_rate = 0.0
+            return IDLE_SECONDS
         in_window = await self.store.count_dispatched()
         self._observe_claims(in_window, now)
         room = self.window() - in_window

@@ -37,6 +37,12 @@ from taskflow.store.pool import DATABASE_ERRORS, Database, connect, create_datab
 from taskflow.store.tasks import TaskStore
 from taskflow.waiting import wait_event
 
+LIFT_CREATION_LIMITS = """
+INSERT INTO user_limits (user_id, max_active_tasks, email_per_day, note)
+VALUES ($1, 0, 0, 'bench: a trusted producer')
+ON CONFLICT (user_id) DO UPDATE SET max_active_tasks = 0, email_per_day = 0
+"""
+
 BENCH_PLUGIN = "ops.bench.plugin:TASK_TYPES"
 # The checkout holding ``ops/``: the workers import the plugin from it.
 CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
@@ -263,7 +269,15 @@ class Stack:
             user_id = int(response.json()["user_id"])
             response = await client.post("/api/login", json={"email": email, "password": password})
             response.raise_for_status()
-            return user_id, str(response.json()["token"])
+        # The bench's users are trusted producers: the creation limits meant
+        # for the public (user_max_active_tasks, 10,000 by default) would
+        # refuse its backlogs. Fair dispatch still treats them as anyone.
+        connection = await connect(self.dsn, application_name="taskflow-bench")
+        try:
+            await connection.execute(LIFT_CREATION_LIMITS, user_id)
+        finally:
+            await connection.close()
+        return user_id, str(response.json()["token"])
 
     async def environment(self) -> dict[str, Any]:
         connection = await connect(self.dsn, application_name="taskflow-bench")

@@ -50,10 +50,13 @@ async def test_tasks_run_through_a_quorum_queue(
     user = await new_user(store)
     enqueuer = Enqueuer(store, build_registry(settings))
     async with running_scheduler(settings) as scheduler, running_worker(settings, concurrency=4):
-        ids = [
-            (await enqueuer.create(user, TaskCreate(type="test_noop", payload={"n": n})))[0]["id"]
-            for n in range(50)
-        ]
+        # Once the dispatcher has seen the worker (it reads the live slots
+        # every second), more than its slots at once: the rest go by RabbitMQ.
+        await asyncio.sleep(1.5)
+        rows = await enqueuer.create_many(
+            user, [TaskCreate(type="test_noop", payload={"n": n}) for n in range(300)]
+        )
+        ids = [row["id"] for row in rows]
 
         async def all_done() -> bool:
             done = await store.pool.fetchval(
