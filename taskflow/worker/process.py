@@ -39,23 +39,20 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from taskflow.broker import Broker
 from taskflow.config import Settings
-from taskflow.files import UserFiles
-from taskflow.files.quota import effective_quota
-from taskflow.handlers import Registry, TaskContext
+from taskflow.handlers import Registry
 from taskflow.metrics import START_LATENCY_SECONDS
-from taskflow.store.dependencies import DependencyStore
 from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore, Outcome
 from taskflow.store.pool import DATABASE_ERRORS, Listener, Record
 from taskflow.waiting import wait_any, wait_event
 from taskflow.worker.attempt import AttemptEnd, run_attempt
+from taskflow.worker.context import Contexts, Running
 from taskflow.worker.intake import Intake
 from taskflow.worker.recording import Recorder, keep_leases
 from taskflow.worker.slots import Slots
@@ -67,24 +64,6 @@ LISTEN_CHANNELS = ("taskflow_queued", "taskflow_cancel")
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-@dataclass
-class Running:
-    task_id: UUID
-    claim_token: int
-    task_type: str
-    attempt: int
-    job: asyncio.Task[None] | None = None  # None while claimed ahead, waiting for a slot
-    stop_reason: str | None = None  # "cancelled", "lease_lost", "shutdown"
-    recorded: bool = False  # the outcome is written; the lease no longer matters
-    slot_held: bool = False
-
-    def stop(self, reason: str) -> None:
-        """Stop the handler, or keep it from starting if it is still waiting."""
-        self.stop_reason = self.stop_reason or reason
-        if self.job is not None:
-            self.job.cancel()
 
 
 class Worker:
@@ -130,7 +109,7 @@ class Worker:
             stop=self._stop,
         )
         self.recorder = Recorder(settings, store)
-        self.dependencies = DependencyStore(store.pool)
+        self.contexts = Contexts(settings, store)
 
     @property
     def completed(self) -> int:
@@ -230,7 +209,7 @@ class Worker:
             running.stop("shutdown")
         if leftovers:
             await asyncio.gather(*(r.job for r in leftovers if r.job), return_exceptions=True)
-            await self._hand_back(leftovers)
+            await self._hand_back([(r.task_id, r.claim_token) for r in leftovers])
         if self._interrupted:
             await self._hand_back_interrupted()
         self._stop.set()
@@ -248,14 +227,12 @@ class Worker:
             extra={"event": "worker_stopped", "worker_id": self.worker_id, "done": self.completed},
         )
 
-    async def _hand_back(self, leftovers: list[Running]) -> None:
+    async def _hand_back(self, claims: list[tuple[UUID, int]]) -> None:
         try:
-            handed = await self.store.hand_back_tasks(
-                [(r.task_id, r.claim_token) for r in leftovers]
-            )
+            handed = await self.store.hand_back_tasks(claims)
         except DATABASE_ERRORS as exc:
             log.warning(
-                "hand back failed; leases will expire",
+                "hand back failed; the scheduler rescues them",
                 extra={"event": "hand_back_failed", "error": str(exc)},
             )
             return
@@ -309,13 +286,7 @@ class Worker:
 
     async def _hand_back_interrupted(self) -> None:
         claims, self._interrupted = self._interrupted, []
-        try:
-            await self.store.hand_back_tasks(claims)
-        except DATABASE_ERRORS as exc:
-            log.warning(
-                "hand back failed; the scheduler rescues them",
-                extra={"event": "hand_back_failed", "error": str(exc)},
-            )
+        await self._hand_back(claims)
 
     # ----- running a task
 
@@ -397,33 +368,17 @@ class Worker:
             log.error("recording failed", exc_info=exc, extra={**fields, "event": "record_crashed"})
 
     async def _attempt(self, row: Record, running: Running, fields: dict[str, Any]) -> AttemptEnd:
-        task_id, token = running.task_id, running.claim_token
+        def lost() -> None:
+            running.stop_reason = running.stop_reason or "lease_lost"
 
-        async def save_progress(result: Any) -> None:
-            if not await self.store.save_task_progress(task_id, token, result):
-                # Cancelled or rescued meanwhile: stop here, the attempt is no longer ours.
-                running.stop_reason = running.stop_reason or "lease_lost"
-                raise asyncio.CancelledError("lease lost")
-
-        # Only for a task created with depends_on: a query the others skip.
-        dependencies = await self.dependencies.results(task_id) if row["has_dependencies"] else {}
-
-        def make_context() -> TaskContext:
-            quota = effective_quota(row["files_max_bytes"], self.settings.user_files_max_bytes)
-            return TaskContext(
-                task_id=task_id,
-                user_id=row["user_id"],
-                task_type=running.task_type,
-                attempt=running.attempt,
-                max_retries=row["max_retries"],
-                settings=self.settings,
-                files=UserFiles(self.settings.base_file_path, row["user_id"], quota_bytes=quota),
-                previous_result=row["result"],
-                save_progress=save_progress,
-                is_last_attempt=row["last_attempt"],
-                dependencies=dependencies,
-            )
-
+        make_context = await self.contexts.prepare(
+            row,
+            task_id=running.task_id,
+            claim_token=running.claim_token,
+            task_type=running.task_type,
+            attempt=running.attempt,
+            on_lost=lost,
+        )
         task_type = self.registry.get(running.task_type)
         return await run_attempt(
             task_type,
