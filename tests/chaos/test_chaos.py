@@ -296,9 +296,11 @@ async def test_rabbitmq_stop_and_start_mid_run(
         Component(f"worker-{i}", ["worker", "--concurrency", "4"], env, logs) for i in range(2)
     ]
     settings = make_settings(database, queue=queue_name, files=tmp_path / "files")
-    broker = Broker(AMQP_URL, queue_name, name="chaos-producer")
+    # Not for publishing (the dispatcher does that): it tells the test when
+    # RabbitMQ is gone and back.
+    broker = Broker(AMQP_URL, queue_name, name="chaos-observer")
     broker.start()
-    queue = Enqueuer(store, build_registry(settings), broker)
+    queue = Enqueuer(store, build_registry(settings))
 
     async def create(count: int) -> list[UUID]:
         ids = []
