@@ -77,6 +77,11 @@ class Intake:
         self.deliveries: list[tuple[UUID, Ticket]] = []
         self.claim_wake = asyncio.Event()
         self.postgres_wake = asyncio.Event()
+        # One claim statement at a time: a claim counts what the other path's
+        # claim in flight may take as busy, so it would mark a task it could
+        # start at once as claimed ahead (an unwritten start, not counted if
+        # the worker then dies). Taken in turn, each sees the slots as they are.
+        self._claim_lock = asyncio.Lock()
         self._notified = False
         # An id still unclaimed this long after it was sent waits in a worker
         # that cannot start it: an idle worker may take it instead (its
@@ -110,28 +115,29 @@ class Intake:
             self.claim_wake.clear()
             if not self.accepting or not self._live.is_set():
                 continue
-            take = min(len(self.deliveries), self.slots.claim_capacity())
-            if take <= 0:
-                continue
-            batch, self.deliveries = self.deliveries[:take], self.deliveries[take:]
-            ids = list(dict.fromkeys(task_id for task_id, _ in batch))
-            start_now = max(0, self.slots.free)
-            self.slots.claiming += len(ids)
-            try:
-                rows = await self._claim(
-                    self.store.claim_queued_tasks(
-                        ids, self.worker_id, self.lease_seconds, start_now=start_now
+            async with self._claim_lock:
+                take = min(len(self.deliveries), self.slots.claim_capacity())
+                if take <= 0:
+                    continue
+                batch, self.deliveries = self.deliveries[:take], self.deliveries[take:]
+                ids = list(dict.fromkeys(task_id for task_id, _ in batch))
+                start_now = max(0, self.slots.free)
+                self.slots.claiming += len(ids)
+                try:
+                    rows = await self._claim(
+                        self.store.claim_queued_tasks(
+                            ids, self.worker_id, self.lease_seconds, start_now=start_now
+                        )
                     )
-                )
-            finally:
-                self.slots.claiming -= len(ids)
+                finally:
+                    self.slots.claiming -= len(ids)
+                for row in rows or []:
+                    self._start(row)
             if rows is None:  # Postgres is unreachable: try again shortly
                 self.deliveries = batch + self.deliveries
                 await asyncio.sleep(0.5)
                 self.claim_wake.set()
                 continue
-            for row in rows:
-                self._start(row)
             # Claimed ones are safe in Postgres now; the others were stale or
             # duplicates (already claimed, finished or cancelled): drop them.
             for _, ticket in batch:
@@ -188,42 +194,45 @@ class Intake:
             await wait_event(self.postgres_wake, balance)
             self.postgres_wake.clear()
             notified, self._notified = self._notified, False
-            if not self.accepting or not self._live.is_set() or self.slots.free <= 0:
+            if not self.accepting or not self._live.is_set():
                 continue
-            start_now = self.slots.free
-            if not self._broker_live():
-                limit = self.slots.claim_capacity()
-                claim = self.dispatch.claim_fair(
-                    self.worker_id,
-                    self.lease_seconds,
-                    limit,
-                    start_now=start_now,
-                    limits=self.limits,
-                )
-            elif self.deliveries:
-                continue
-            elif notified:
-                limit = start_now
-                claim = self.dispatch.claim_fair(
-                    self.worker_id,
-                    self.lease_seconds,
-                    limit,
-                    start_now=start_now,
-                    limits=self.limits,
-                )
-            elif time.monotonic() - last_look >= balance:
-                last_look = time.monotonic()
-                limit = start_now
-                claim = self._balance(limit)
-            else:
-                continue
-            self.slots.claiming += limit
-            try:
-                rows = await self._claim(claim)
-            finally:
-                self.slots.claiming -= limit
-            for row in rows or []:
-                self._start(row)
+            async with self._claim_lock:
+                start_now = self.slots.free
+                if start_now <= 0:
+                    continue
+                if not self._broker_live():
+                    limit = self.slots.claim_capacity()
+                    claim = self.dispatch.claim_fair(
+                        self.worker_id,
+                        self.lease_seconds,
+                        limit,
+                        start_now=start_now,
+                        limits=self.limits,
+                    )
+                elif self.deliveries:
+                    continue
+                elif notified:
+                    limit = start_now
+                    claim = self.dispatch.claim_fair(
+                        self.worker_id,
+                        self.lease_seconds,
+                        limit,
+                        start_now=start_now,
+                        limits=self.limits,
+                    )
+                elif time.monotonic() - last_look >= balance:
+                    last_look = time.monotonic()
+                    limit = start_now
+                    claim = self._balance(limit)
+                else:
+                    continue
+                self.slots.claiming += limit
+                try:
+                    rows = await self._claim(claim)
+                finally:
+                    self.slots.claiming -= limit
+                for row in rows or []:
+                    self._start(row)
             if rows is not None and len(rows) == limit:
                 # There may be more right away.
                 self._notified = notified or not self._broker_live()
