@@ -25,6 +25,7 @@ DEFAULT_MAX_BATCHES = 50
 class PruneReport:
     tasks: int = 0
     workers: int = 0
+    behind: bool = False  # stopped at max_batches with more to delete
 
 
 async def prune_expired(
@@ -37,11 +38,12 @@ async def prune_expired(
     """Delete what is past ``retention_days``, at most ``max_batches`` batches
     of each kind per call: a backlog drains over several ticks instead of one
     long one."""
-    report = PruneReport()
+    report = PruneReport(behind=True)
     for _ in range(max_batches):
         deleted = await operator.prune_finished_tasks(retention_days, batch_size)
         report.tasks += deleted
         if deleted < batch_size:
+            report.behind = False
             break
     for _ in range(max_batches):
         deleted = await operator.prune_gone_workers(retention_days, batch_size)

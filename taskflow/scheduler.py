@@ -97,6 +97,7 @@ class Scheduler:
         self.admission = Admission.from_settings(settings)
         self.batch = settings.scheduler_batch_size
         self.ticks = 0
+        self._prune_behind = False
         self.temporary_files = TemporaryFileSweep(
             settings.base_file_path, older_than_seconds=settings.temporary_file_max_age_seconds
         )
@@ -158,7 +159,10 @@ class Scheduler:
         await self._rescue(report, self.store.rescue_expired_leases, "lease_expired")
         await self._promote(report)
         await self._create_slot_tasks(report)
-        if self.ticks % 60 == 1:
+        # Once a minute; every tick while the last round left some behind (a
+        # round is capped so a tick stays short), so retention keeps pace with
+        # any sustained rate, not only with what one round a minute deletes.
+        if self.ticks % 60 == 1 or self._prune_behind:
             await self.store.with_duty_lock(PRUNE_LOCK_ID, lambda: self._prune(report))
         if time.monotonic() >= self._temporary_files_due_at:
             await self.store.with_duty_lock(
@@ -239,17 +243,20 @@ class Scheduler:
                 break
 
     async def _prune(self, report: TickReport) -> None:
+        history_behind = True
         for _ in range(MAX_BATCHES_PER_TICK):
             deleted = await self.store.prune_history(
                 self.settings.history_retention_days, self.batch
             )
             report.pruned += deleted
             if deleted < self.batch:
+                history_behind = False
                 break
         expired = await prune_expired(
             self.operators, self.settings.task_retention_days, batch_size=min(self.batch, 500)
         )
         report.pruned += expired.tasks
+        self._prune_behind = history_behind or expired.behind
 
     async def _remove_temporary_files(self, report: TickReport) -> None:
         # Directory listings and unlinks block: in a thread, a slice a tick.

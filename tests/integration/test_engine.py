@@ -839,6 +839,42 @@ async def test_scheduler_prunes_old_history_and_old_finished_tasks(
     assert await events_of(store, recent) == []
 
 
+async def test_retention_left_behind_is_pruned_at_the_next_tick_not_a_minute_later(
+    store: Store, fast: Settings, user_id: int
+) -> None:
+    """A round is capped (50 batches); a rate above what one round a minute
+    deletes must not grow the table for ever."""
+    ids = await bulk_queued(store, user_id, 130)
+    await store.pool.execute(
+        "UPDATE tasks SET status = 'cancelled', finished_at = now() WHERE id = ANY($1)", ids
+    )
+    await store.pool.execute(
+        "UPDATE tasks SET finished_at = now() - interval '61 days' WHERE id = ANY($1)", ids
+    )
+    settings = fast.model_copy(update={"task_retention_days": 60, "scheduler_batch_size": 1})
+    scheduler = Scheduler(settings, store, store, dispatcher=None)
+
+    async def left() -> int:
+        count: int = await store.pool.fetchval("SELECT count(*) FROM tasks WHERE id = ANY($1)", ids)
+        return count
+
+    await scheduler.tick()  # the first tick prunes: one round, 50 batches of 1
+    assert await left() == 80
+    await scheduler.tick()
+    assert await left() == 30
+    await scheduler.tick()
+    assert await left() == 0
+    # Caught up: back to once a minute, so a task that expires now waits.
+    [late] = await bulk_queued(store, user_id, 1)
+    await store.pool.execute(
+        "UPDATE tasks SET status = 'cancelled', finished_at = now() - interval '61 days' "
+        "WHERE id = $1",
+        late,
+    )
+    await scheduler.tick()
+    assert await store.pool.fetchval("SELECT count(*) FROM tasks WHERE id = $1", late) == 1
+
+
 async def test_a_statement_that_queues_tasks_rings_once(
     database: str, fast: Settings, store: Store, user_id: int
 ) -> None:
