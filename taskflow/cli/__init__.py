@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from taskflow.cli import bench, operators, services
-from taskflow.cli.exits import EXIT_CODES_HELP, REPORTED_ERRORS, report
+from taskflow.cli.exits import EXIT_CODES_HELP, REPORTED_ERRORS, ExitCode, report
 from taskflow.cli.parsing import Commands, HelpFormatter, common_options, format_examples
 
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
@@ -78,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, line = report(exc)
         print(line, file=sys.stderr)
         return code
+    except KeyboardInterrupt:
+        # Ctrl-C (or a supervisor's SIGINT to the group) before a service
+        # installed its own handler: stopping is what was asked, not a crash.
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ Exit codes (``taskflow --help`` prints this table, ``EXIT_CODES_HELP``)::
      database without TaskFlow's schema (run `taskflow migrate`)
   4  database unavailable: Postgres refused or did not answer (wrong host
      or port, unknown role, wrong password, missing database)
+  130  interrupted (SIGINT) before the command could stop by itself, as in
+     start-up; a running service stops gracefully on SIGINT and exits 0
 
 RabbitMQ out of reach is not an error: the services fall back to Postgres
 (LISTEN/NOTIFY) and reconnect by themselves, and the operator commands do
@@ -39,6 +41,7 @@ class ExitCode(IntEnum):
     USAGE_ERROR = 2
     CONFIGURATION_ERROR = 3
     DATABASE_UNAVAILABLE = 4
+    INTERRUPTED = 130  # the shell's code for SIGINT
 
 
 EXIT_CODES_HELP = """\
@@ -51,7 +54,9 @@ EXIT_CODES_HELP = """\
   3  configuration error: invalid config.json, environment or .env, or a
      database without TaskFlow's schema (run `taskflow migrate`)
   4  database unavailable: Postgres refused or did not answer (wrong host
-     or port, unknown role, wrong password, missing database)"""
+     or port, unknown role, wrong password, missing database)
+  130  interrupted (SIGINT) before the command could stop by itself, as in
+     start-up; a running service stops gracefully on SIGINT and exits 0"""
 
 # The errors a command reports in one line on stderr, with no traceback:
 # each is about the world (settings, database, a task's state), not a bug.

@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import time
 import uuid
@@ -273,6 +274,47 @@ async def test_an_unreachable_database_exits_4_in_one_line(
         )
     finally:
         await connection.close()
+
+
+async def test_interrupted_while_starting_exits_130_without_a_traceback(
+    env: dict[str, str],
+) -> None:
+    """SIGINT (Ctrl-C, or a supervisor stopping its group) while a service still
+    waits for Postgres, before its own handler is installed."""
+    connected = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(
+        _reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        held.append(writer)
+        connected.set()
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            PYTHON,
+            "-m",
+            "taskflow",
+            "worker",
+            env={**env, "DATABASE_URL": f"postgresql://root@127.0.0.1:{port}/taskflow"},
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        await asyncio.wait_for(connected.wait(), 30)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert process.returncode == ExitCode.INTERRUPTED == 130
+    assert "Traceback" not in stderr.decode(), stderr.decode()
+    assert stdout == b""
 
 
 def test_a_refused_login_names_where_and_as_whom_but_never_the_password() -> None:
