@@ -13,8 +13,9 @@ advisory lock, so they take turns.
 The window holds what the workers are expected to start within
 ``dispatch_window_ms`` at the rate they have been claiming lately, and never
 less than their slots, so no slot waits for the dispatcher. A round runs when
-tasks become queued (NOTIFY taskflow_queued), every quarter window while a
-backlog remains, and every second regardless.
+tasks become queued (NOTIFY taskflow_queued), when a worker joins or leaves
+(NOTIFY taskflow_workers: the slots to fill changed), every quarter window
+while a backlog remains, and every second regardless.
 
 Without a broker there is nothing to publish: workers claim from the pick
 themselves (``taskflow_claim_fair``), and the dispatcher only tidies up.
@@ -31,6 +32,7 @@ from uuid import UUID
 from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.store.dispatch import DispatchStore, FairLimits
+from taskflow.store.engine import WORKERS_CHANNEL
 from taskflow.store.pool import DATABASE_ERRORS, Listener
 from taskflow.waiting import wait_any
 
@@ -69,7 +71,10 @@ class Dispatcher:
         self.dispatched = 0
 
     def _on_notify(self, channel: str, _payload: str) -> None:
-        if channel in (QUEUED_CHANNEL, "connected"):
+        if channel == WORKERS_CHANNEL:
+            self._slots_read_at = 0.0  # read the fleet again this round
+            self._wake.set()
+        elif channel in (QUEUED_CHANNEL, "connected"):
             self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -28,7 +28,7 @@ from taskflow.store.accounts import AccountStore
 from taskflow.store.admin import AdminStore
 from taskflow.store.dependencies import DependencyStore
 from taskflow.store.dispatch import DispatchStore
-from taskflow.store.engine import EngineStore
+from taskflow.store.engine import WORKERS_CHANNEL, EngineStore
 from taskflow.store.events import LiveEventsStore
 from taskflow.store.limits import LimitsStore
 from taskflow.store.operators import OperatorStore
@@ -122,7 +122,9 @@ async def scheduler_runtime(settings: Settings) -> AsyncIterator[Scheduler]:
                 settings,
                 DispatchStore(database.pool),
                 broker,
-                Listener(_dsn(settings), [QUEUED_CHANNEL], name="taskflow-dispatcher"),
+                Listener(
+                    _dsn(settings), [QUEUED_CHANNEL, WORKERS_CHANNEL], name="taskflow-dispatcher"
+                ),
             )
         yield Scheduler(
             settings,

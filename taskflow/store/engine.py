@@ -122,13 +122,26 @@ RETURNING id
 NEXT_LIVENESS_KEY = "SELECT nextval('worker_liveness_key_seq')::integer"
 TAKE_LIVENESS_LOCK = "SELECT pg_advisory_lock(taskflow_worker_lock_namespace(), $1)"
 LIVENESS_LOCK_WAIT_SECONDS = 30.0
+# Both tell the dispatchers (NOTIFY taskflow_workers), which size what they
+# send by the live workers' slots: a worker that joins gets ids at once, not
+# at the dispatcher's next look at the fleet.
+WORKERS_CHANNEL = "taskflow_workers"
 REGISTER_WORKER = """
-INSERT INTO workers (id, hostname, pid, concurrency, queue, liveness_key)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), stopped_at = NULL,
-                               liveness_key = excluded.liveness_key
+WITH registered AS (
+    INSERT INTO workers (id, hostname, pid, concurrency, queue, liveness_key)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), stopped_at = NULL,
+                                   liveness_key = excluded.liveness_key
+    RETURNING id
+)
+SELECT pg_notify('taskflow_workers', 'joined') FROM registered
 """
-DEREGISTER_WORKER = "UPDATE workers SET stopped_at = now() WHERE id = $1"
+DEREGISTER_WORKER = """
+WITH deregistered AS (
+    UPDATE workers SET stopped_at = now() WHERE id = $1 RETURNING id
+)
+SELECT pg_notify('taskflow_workers', 'left') FROM deregistered
+"""
 
 # SKIP LOCKED so two schedulers never promote the same row, nor wait on each other.
 PROMOTE_DUE_TASKS = """

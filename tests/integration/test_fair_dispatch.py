@@ -11,6 +11,7 @@ from uuid import UUID
 
 import pytest
 
+from taskflow import dispatcher
 from taskflow.enqueue import Enqueuer, new_task_id
 from taskflow.handlers import build_registry
 from taskflow.models import TaskCreate
@@ -19,6 +20,7 @@ from tests import servers
 from tests.conftest import (
     make_settings,
     new_user,
+    published_ids,
     running_scheduler,
     running_worker,
     wait_until,
@@ -250,3 +252,29 @@ async def test_the_email_rate_delays_tasks_and_never_fails_them(
 
         await wait_until(all_sent, timeout=15, what="the other three emails")
     assert len(smtp_server.messages) == 6
+
+
+async def test_a_worker_that_joins_gets_ids_at_once_not_at_the_next_look(
+    store: Store, database: str, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher sends ids only for live workers' slots. A worker joining
+    tells it (NOTIFY taskflow_workers): without that, a backlog waited for the
+    dispatcher's next look at the fleet (here made a minute away)."""
+    monkeypatch.setattr(dispatcher, "IDLE_SECONDS", 60.0)
+    monkeypatch.setattr(dispatcher, "SLOTS_REFRESH_SECONDS", 60.0)
+    settings = make_settings(database, queue=queue_name, files=tmp_path / "files")
+    user_id = await new_user(store)
+    tasks = _sleepers(20, 0)
+    await store.insert_tasks(user_id, tasks)
+    async with running_scheduler(settings) as scheduler:
+        assert scheduler.dispatcher is not None
+        await asyncio.sleep(0.5)  # its first round saw no worker: it idles
+        assert scheduler.dispatcher.dispatched == 0
+        await store.register_worker("joining", "host", 4, queue_name, liveness_key=None)
+
+        async def sent() -> bool:
+            assert scheduler.dispatcher is not None
+            return scheduler.dispatcher.dispatched > 0
+
+        await wait_until(sent, timeout=15, what="ids sent for the joining worker")
+    assert len(await published_ids(queue_name)) > 0
