@@ -124,18 +124,30 @@ BEGIN
         END IF;
 
         picked_this_visit := 0;
-        IF take > 0 AND type_room = '{}' AND email_room IS NULL THEN
-            -- No cap can fill part way through this visit: the user's next
-            -- tasks are marked in one statement, not one INSERT a task.
+        IF take > 0 AND type_room = '{}' THEN
+            -- No type cap can fill part way through this visit: the user's
+            -- next tasks are marked in one statement, not one INSERT a task.
+            -- The email rate, the one cap of a user's own, is kept by
+            -- counting the emails among them in order (as the loop below
+            -- does): those past email_room stay queued.
             RETURN QUERY
-            WITH marked AS (
+            WITH candidates AS (
+                SELECT c.id, c.user_id, c.type,
+                       count(*) FILTER (WHERE c.type = 'send_email')
+                           OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS emails_so_far
+                FROM (
+                    SELECT t.id, t.user_id, t.type, t.priority, t.run_at FROM tasks t
+                    WHERE t.user_id = current_user_id AND t.status = 'queued'
+                      AND t.type <> ALL(full_types)
+                      AND NOT EXISTS (SELECT 1 FROM dispatched_tasks d WHERE d.task_id = t.id)
+                    ORDER BY t.priority DESC, t.run_at, t.id
+                    LIMIT take
+                ) AS c
+            ), marked AS (
                 INSERT INTO dispatched_tasks AS m (task_id, user_id, type)
-                SELECT t.id, t.user_id, t.type FROM tasks t
-                WHERE t.user_id = current_user_id AND t.status = 'queued'
-                  AND t.type <> ALL(full_types)
-                  AND NOT EXISTS (SELECT 1 FROM dispatched_tasks d WHERE d.task_id = t.id)
-                ORDER BY t.priority DESC, t.run_at, t.id
-                LIMIT take
+                SELECT k.id, k.user_id, k.type FROM candidates k
+                WHERE email_room IS NULL OR k.type <> 'send_email'
+                   OR k.emails_so_far <= email_room
                 ON CONFLICT (task_id) DO NOTHING
                 RETURNING m.task_id, m.user_id, m.type
             )

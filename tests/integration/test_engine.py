@@ -275,6 +275,25 @@ async def test_an_id_the_pick_did_not_send_is_not_claimed(
     assert await store.count_dispatched() == 0
 
 
+async def test_the_pick_keeps_the_email_rate_among_a_users_other_tasks(
+    store: Store, fast: Settings, user_id: int
+) -> None:
+    """Emails past the user's rate stay queued; the user's other tasks behind
+    them are picked in the same visit, in their order."""
+    tasks = [
+        NewTask(new_task_id(), kind, {"n": n}, 0, 3, None)
+        for n, kind in enumerate(
+            ["send_email", "test_noop", "send_email", "send_email", "test_noop", "send_email"]
+        )
+    ]
+    await store.insert_tasks(user_id, tasks)
+    picked = await store.dispatch(10, FairLimits(email_per_user_per_minute=2))
+    by_id = {task.id: task for task in tasks}
+    assert sorted(by_id[row["id"]].payload["n"] for row in picked) == [0, 1, 2, 4]
+    # The window counts against the rate: nothing more goes until those start.
+    assert await store.dispatch(10, FairLimits(email_per_user_per_minute=2)) == []
+
+
 async def test_ids_of_one_message_are_claimed_once_each_in_one_statement(
     store: Store, fast: Settings, publisher: Broker, user_id: int
 ) -> None:
