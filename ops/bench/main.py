@@ -7,7 +7,8 @@ only during the drains and the fairness phase):
 1. Drain (``drain.py``, then ``latency.py``): bulk enqueue, the drain of the
    queue, enqueue->start latency on the idle system, Postgres cost per task.
 2. Backlog (``backlog.py``; ``--backlog N``, 0 skips): N tasks inserted and
-   published, then drained the same way.
+   published, then drained the same way. Held snapshot (``held_snapshot.py``;
+   ``--held-snapshot S``, 0 skips): drains while a transaction holds vacuum back.
 3. Fairness (``fairness.py``; unless ``--skip-fairness``): a second user's
    tasks started while the first one's backlog drains, and the first one's
    throughput meanwhile.
@@ -34,6 +35,7 @@ from pathlib import Path
 from ops.bench.backlog import run_backlog
 from ops.bench.drain import run_drain
 from ops.bench.fairness import run_fairness
+from ops.bench.held_snapshot import run_held_snapshot
 from ops.bench.options import BenchOptions
 from ops.bench.report import Report, render_summary, render_table
 from ops.bench.rest import run_rest
@@ -49,6 +51,9 @@ async def run_phases(stack: Stack, report: Report) -> Report:
         if stack.options.backlog > 0:
             await run_backlog(stack, report)
             await _vacuum(stack, "the drained backlog")
+        if stack.options.held_snapshot_seconds > 0:
+            await run_held_snapshot(stack, report)
+            await _vacuum(stack, "what the held snapshot kept")
         if not stack.options.skip_fairness:
             await run_fairness(stack, report)
             if not stack.options.skip_rest:

@@ -45,6 +45,14 @@ def add_bench(commands: Commands) -> None:
         help="tasks in the backlog phase (default: 1000000; 0 skips it)",
     )
     add(
+        "--held-snapshot",
+        type=float,
+        default=None,
+        metavar="S",
+        help="drain again and again while a transaction holds a snapshot for S seconds "
+        "(default: 0, skipped)",
+    )
+    add(
         "--latency-samples",
         type=int,
         default=None,
