@@ -14,6 +14,9 @@ only during the drains and the fairness phase):
    throughput meanwhile.
 4. REST (``rest.py``; unless ``--skip-rest``), workers stopped.
 
+With ``--finished N`` (``finished.py``), N finished tasks and their history
+are written first, so every phase runs beside them.
+
 Handler starts arrive over TCP from the plugin (``$BENCH_REPORT_ADDR``), each
 stamped with ``time.monotonic_ns()`` in the worker: one clock for the host.
 """
@@ -35,6 +38,7 @@ from pathlib import Path
 from ops.bench.backlog import run_backlog
 from ops.bench.drain import run_drain
 from ops.bench.fairness import run_fairness
+from ops.bench.finished import fill_finished
 from ops.bench.held_snapshot import run_held_snapshot
 from ops.bench.options import BenchOptions
 from ops.bench.report import Report, render_summary, render_table
@@ -47,6 +51,11 @@ async def run_phases(stack: Stack, report: Report) -> Report:
     try:
         await stack.open()
         report.details["environment"] = await stack.environment()
+        if stack.options.finished > 0:
+            report.details["finished"] = {
+                "tasks": stack.options.finished,
+                "fill_seconds": round(await fill_finished(stack, stack.options.finished), 1),
+            }
         await run_drain(stack, report)
         if stack.options.backlog > 0:
             await run_backlog(stack, report)

@@ -23,6 +23,7 @@ class BenchOptions:
     drain: int = 20_000
     backlog: int = 1_000_000
     held_snapshot_seconds: float = 0.0  # 0 skips the held-snapshot phase
+    finished: int = 0  # finished tasks present before the first phase
     latency_samples: int = 500
     rest_requests: int = 2000
     skip_rest: bool = False
@@ -56,6 +57,7 @@ class BenchOptions:
             drain=pick("drain", 20_000, 2000),
             backlog=pick("backlog", 1_000_000, 0),
             held_snapshot_seconds=pick("held_snapshot", 0.0, 0.0),
+            finished=pick("finished", 0, 0),
             latency_samples=pick("latency_samples", 500, 200),
             rest_requests=pick("rest_requests", 2000, 500),
             skip_rest=bool(getattr(args, "skip_rest", False)),
@@ -82,6 +84,8 @@ class BenchOptions:
                 raise SystemExit(f"taskflow bench: --{name.replace('_', '-')} must be >= 1")
         if options.backlog < 0:
             raise SystemExit("taskflow bench: --backlog must be >= 0")
+        if options.finished < 0:
+            raise SystemExit("taskflow bench: --finished must be >= 0")
         if options.held_snapshot_seconds < 0:
             raise SystemExit("taskflow bench: --held-snapshot must be >= 0")
         return options

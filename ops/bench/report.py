@@ -42,7 +42,8 @@ def render_table(report: Report, options: BenchOptions) -> str:
     header = ("metric", "value", "unit", "detail")
     lines = [
         f"TaskFlow bench: {options.procs} worker processes x {options.slots} slots, "
-        f"{options.api_processes} API processes, bench_noop tasks",
+        f"{options.api_processes} API processes, bench_noop tasks"
+        + (f", {options.finished:,} finished tasks present" if options.finished else ""),
         "",
         "| " + " | ".join(header) + " |",
         "|---|---:|---|---|",

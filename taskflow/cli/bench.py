@@ -45,6 +45,14 @@ def add_bench(commands: Commands) -> None:
         help="tasks in the backlog phase (default: 1000000; 0 skips it)",
     )
     add(
+        "--finished",
+        type=int,
+        default=None,
+        metavar="N",
+        help="finished tasks (with their history) present before the first phase, "
+        "as after weeks of use (default: 0)",
+    )
+    add(
         "--held-snapshot",
         type=float,
         default=None,

@@ -179,3 +179,25 @@ async def test_the_held_snapshot_phase_drains_under_an_open_transaction(tmp_path
     assert document["metrics"]["held_snapshot_drain_ratio"] > 0
     assert "# drains while one transaction holds a snapshot for 1 s" in result.stdout
     assert not await database_exists(document["database"])
+
+
+async def test_finished_tasks_are_present_before_the_first_phase(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    command = ["bench", "--quick", "--skip-rest", "--skip-fairness", "--finished", "3000"]
+    result = subprocess.run(
+        [sys.executable, "-m", "taskflow", *command, "--json", str(out)],
+        env=bench_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    document = json.loads(out.read_text())
+    assert document["failures"] == []
+    assert document["details"]["finished"]["tasks"] == 3000
+    # The drain ran beside them, whole.
+    assert document["details"]["drain"]["tasks"] == document["details"]["drain"]["of"] == 2000
+    assert document["details"]["drain"]["duplicates"] == 0
+    assert "3,000 finished tasks present" in result.stdout
+    assert not await database_exists(document["database"])
