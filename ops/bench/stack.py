@@ -55,6 +55,12 @@ CLEANUP_BROKER_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, Connec
 
 SELECT_DATABASE_BACKENDS = "SELECT pid FROM pg_stat_activity WHERE datname = $1"
 SELECT_SERVER_VERSION = "SELECT current_setting('server_version')"
+# What the figures depend on: a server without autovacuum measures a long
+# backlog with every dead row version left in place.
+SELECT_SERVER_SETTINGS = """
+SELECT name, setting FROM pg_settings
+WHERE name IN ('autovacuum', 'shared_buffers', 'synchronous_commit', 'fsync')
+"""
 
 
 class Store(Database, TaskStore):
@@ -283,10 +289,21 @@ class Stack:
         connection = await connect(self.dsn, application_name="taskflow-bench")
         try:
             version = await connection.fetchval(SELECT_SERVER_VERSION)
+            settings = {
+                row["name"]: row["setting"]
+                for row in await connection.fetch(SELECT_SERVER_SETTINGS)
+            }
         finally:
             await connection.close()
+        if settings.get("autovacuum") == "off":
+            print(
+                "  note: this Postgres runs with autovacuum = off: long phases measure "
+                "without vacuum",
+                flush=True,
+            )
         return {
             "postgres": version,
+            "postgres_settings": settings,
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
             "taskflow": taskflow.__version__,
