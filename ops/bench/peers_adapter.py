@@ -109,8 +109,9 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
         return (
             f"{self.h.procs} procs x taskflow Worker(concurrency={self.h.slots}), uvloop, "
             f"RabbitMQ ids (up to {ids_per_message} per message, prefetch = slots messages), "
-            "batched claim (with claim-ahead)/finish; producer: Enqueuer (INSERT ... unnest, then "
-            "publish with confirms), create_many per chunk"
+            "batched claim (with claim-ahead)/finish; producer: Enqueuer (one INSERT per "
+            "create, INSERT ... unnest per create_many chunk; nothing published: the "
+            "scheduler's dispatcher publishes a fair window)"
         )
 
     async def setup(self) -> None:
