@@ -213,14 +213,17 @@ def _classify(exc: Exception) -> HandlerError:
 
 
 async def _close_quietly(client: aiosmtplib.SMTP) -> None:
-    if not client.is_connected:
-        return
     try:
-        await client.quit()
+        if client.is_connected:
+            await client.quit()
     except (aiosmtplib.SMTPException, OSError) as exc:
         # The message is accepted (or the attempt already failed): a QUIT that
         # goes wrong changes nothing for the task, so it is only noted.
         log.debug("smtp quit failed", extra={"event": "smtp_quit_failed", "error": repr(exc)})
+    finally:
+        # Also when the attempt is stopped (timeout, lost lease, shutdown)
+        # while QUIT waits for its reply: the socket is closed here, not left
+        # to the garbage collector. Closing twice is harmless.
         client.close()
 
 

@@ -4,14 +4,19 @@ a worker's event loop for 22 s, and quick tasks beside it on the same worker."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
+import pytest
+
 from taskflow.enqueue import Enqueuer
 from taskflow.files import UserFiles
 from taskflow.handlers import build_registry
+from taskflow.handlers.send_email import _close_quietly
 from taskflow.models import TaskCreate
 from tests import servers
 from tests.conftest import make_settings, new_user, running_scheduler, running_worker, wait_until
@@ -120,3 +125,36 @@ async def test_a_hostile_email_does_not_stall_its_worker_or_run_twice(
         "SELECT max(finished_at) FROM tasks WHERE id = ANY($1)", quick_ids
     )
     assert quick_finished <= email["finished_at"] + timedelta(seconds=1)
+
+
+async def test_an_attempt_stopped_while_the_server_stalls_closes_its_connection() -> None:
+    """A server that never answers QUIT, and the attempt stopped meanwhile (its
+    timeout, a lost lease, shutdown): the socket is closed at once, not left
+    open until the garbage collector finds it."""
+    closed = asyncio.Event()
+
+    async def stalling_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 stalling.test ESMTP\r\n")
+        while line := await reader.readline():
+            if line.upper().startswith((b"EHLO", b"HELO")):
+                writer.write(b"250 stalling.test\r\n")
+            # QUIT (and anything else) is never answered.
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(stalling_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
+        await client.connect()
+        await client.ehlo()
+        closing = asyncio.create_task(_close_quietly(client))
+        await asyncio.sleep(0.2)  # QUIT is sent and waits for its reply
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert not client.is_connected
+        await asyncio.wait_for(closed.wait(), 5)  # the server saw the connection end
+    finally:
+        server.close()
+        await server.wait_closed()
