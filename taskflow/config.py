@@ -1,7 +1,8 @@
-"""Settings: ``config.json`` tunables, plus the environment (and a ``.env`` file).
+"""Settings: the tunables of the repository's config.json (or ``TASKFLOW_CONFIG``),
+plus the environment (and a ``.env`` file).
 
 Loaded once by the CLI and passed down explicitly; nothing else reads
-``os.environ``. Precedence, lowest first: defaults, ``config.json``, ``.env``,
+``os.environ``. Precedence, lowest first: defaults, config.json, ``.env``,
 the process environment. Any bad key or value stops start-up with its name.
 """
 
@@ -26,7 +27,7 @@ PositiveSeconds = Annotated[float, Field(gt=0, le=86400 * 7)]
 
 
 class Tunables(BaseModel):
-    """The keys ``config.json`` may hold. Unknown keys are an error."""
+    """The keys config.json may hold. Unknown keys are an error."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

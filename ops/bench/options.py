@@ -1,5 +1,5 @@
 """What the bench is asked to measure: ``BenchOptions`` from the command line
-(``taskflow bench``'s options, defined in ``taskflow/cli.py``), and the fixed
+(``taskflow bench``'s options, defined in ``taskflow/cli/bench.py``), and the fixed
 choices every run shares."""
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ target is read as markdown reads it, from the document's own directory; any
 other path in the text (prose, `code spans`, code blocks) is read from the
 repository root, or else from the document's directory.
 
-Code: the Python package and the dashboard's static files. A path there is
-read from the repository root, or else from the file's directory or one of
-its parents inside the repository (``store/dispatch.py`` in
+Code: the Python package, the dashboard's static files and ops/ (bench, chaos,
+tools). A path there is read from the repository root, or else from the
+file's directory or one of its parents inside the repository (``store/dispatch.py`` in
 ``taskflow/store/engine.py`` names ``taskflow/store/dispatch.py``).
 
 A path is a run of name segments joined by "/" that ends in a file extension
@@ -28,7 +28,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "ops/README.md", "ops/bench/README.md")
-CODE_ROOTS = ("taskflow",)
+CODE_ROOTS = ("taskflow", "ops")
 CODE_SUFFIXES = {".py", ".js", ".html", ".css", ".svg"}
 
 # Segments of letters, digits, "_", "-", "." and "*", at least one "/", and an
