@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -86,13 +87,13 @@ async def queue_exists(name: str) -> bool:
         await connection.close()
 
 
-async def test_quick_bench_reports_every_metric_and_cleans_up(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """``taskflow bench --quick OPTIONS --json``, run from ``tmp_path``: from
+    another directory, the command finds ops/bench beside the taskflow package
+    it imported, not in the working directory. Returns the run and its JSON."""
     out = tmp_path / "bench.json"
-    command = ["bench", "--quick", "--backlog", "0", "--json", str(out)]
-    # From another directory: the command finds ops/bench beside the taskflow
-    # package it imported, not in the working directory.
     result = subprocess.run(
-        [sys.executable, "-m", "taskflow", *command],
+        [sys.executable, "-m", "taskflow", "bench", "--quick", *options, "--json", str(out)],
         env=bench_env(),
         cwd=tmp_path,
         capture_output=True,
@@ -100,8 +101,11 @@ async def test_quick_bench_reports_every_metric_and_cleans_up(tmp_path: Path) ->
         timeout=150,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    document = json.loads(out.read_text())
+    return result, json.loads(out.read_text())
 
+
+async def test_quick_bench_reports_every_metric_and_cleans_up(tmp_path: Path) -> None:
+    result, document = run_bench(tmp_path, "--backlog", "0")
     metrics = document["metrics"]
     assert set(metrics) == EXPECTED_METRICS | FAIRNESS_METRICS
     for name, value in metrics.items():
@@ -137,18 +141,7 @@ async def test_quick_bench_reports_every_metric_and_cleans_up(tmp_path: Path) ->
 
 
 async def test_skip_fairness_leaves_the_phase_out(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    command = ["bench", "--quick", "--backlog", "0", "--skip-rest", "--skip-fairness"]
-    result = subprocess.run(
-        [sys.executable, "-m", "taskflow", *command, "--json", str(out)],
-        env=bench_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    document = json.loads(out.read_text())
+    result, document = run_bench(tmp_path, "--backlog", "0", "--skip-rest", "--skip-fairness")
     assert "drain_tasks_per_s" in document["metrics"]
     assert not [name for name in document["metrics"] if name.startswith("fairness_")]
     assert "# fairness" not in result.stdout
@@ -156,18 +149,7 @@ async def test_skip_fairness_leaves_the_phase_out(tmp_path: Path) -> None:
 
 
 async def test_the_held_snapshot_phase_drains_under_an_open_transaction(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    command = ["bench", "--quick", "--skip-rest", "--skip-fairness", "--held-snapshot", "1"]
-    result = subprocess.run(
-        [sys.executable, "-m", "taskflow", *command, "--json", str(out)],
-        env=bench_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    document = json.loads(out.read_text())
+    result, document = run_bench(tmp_path, "--skip-rest", "--skip-fairness", "--held-snapshot", "1")
     assert document["failures"] == []
     held = document["details"]["held_snapshot"]
     assert held["seconds"] == 1
@@ -182,18 +164,7 @@ async def test_the_held_snapshot_phase_drains_under_an_open_transaction(tmp_path
 
 
 async def test_finished_tasks_are_present_before_the_first_phase(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    command = ["bench", "--quick", "--skip-rest", "--skip-fairness", "--finished", "3000"]
-    result = subprocess.run(
-        [sys.executable, "-m", "taskflow", *command, "--json", str(out)],
-        env=bench_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    document = json.loads(out.read_text())
+    result, document = run_bench(tmp_path, "--skip-rest", "--skip-fairness", "--finished", "3000")
     assert document["failures"] == []
     assert document["details"]["finished"]["tasks"] == 3000
     # The drain ran beside them, whole.
