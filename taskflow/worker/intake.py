@@ -153,14 +153,15 @@ class Intake:
             limit, self.worker_id, self.lease_seconds, older_than_seconds=self.stale_seconds
         )
         if len(rows) < limit:
-            rows += await self.dispatch.claim_fair(
-                self.worker_id,
-                self.lease_seconds,
-                limit - len(rows),
-                start_now=limit - len(rows),
-                limits=self.limits,
-            )
+            rows += await self._from_pick(limit - len(rows), limit - len(rows))
         return rows
+
+    def _from_pick(self, limit: int, start_now: int) -> Awaitable[list[Record]]:
+        """Up to ``limit`` tasks straight from the fair pick, the first
+        ``start_now`` of them starting at once."""
+        return self.dispatch.claim_fair(
+            self.worker_id, self.lease_seconds, limit, start_now=start_now, limits=self.limits
+        )
 
     def notified(self) -> None:
         """Tasks became queued (NOTIFY): an idle worker may take them now."""
@@ -202,24 +203,12 @@ class Intake:
                     continue
                 if not self._broker_live():
                     limit = self.slots.claim_capacity()
-                    claim = self.dispatch.claim_fair(
-                        self.worker_id,
-                        self.lease_seconds,
-                        limit,
-                        start_now=start_now,
-                        limits=self.limits,
-                    )
+                    claim = self._from_pick(limit, start_now)
                 elif self.deliveries:
                     continue
                 elif notified:
                     limit = start_now
-                    claim = self.dispatch.claim_fair(
-                        self.worker_id,
-                        self.lease_seconds,
-                        limit,
-                        start_now=start_now,
-                        limits=self.limits,
-                    )
+                    claim = self._from_pick(limit, start_now)
                 elif time.monotonic() - last_look >= balance:
                     last_look = time.monotonic()
                     limit = start_now
