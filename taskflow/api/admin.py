@@ -42,10 +42,11 @@ from taskflow.api.admin_models import (
 from taskflow.api.responses import model_response, read_model
 from taskflow.api.route_docs import UUID_SCHEMA, PathParameter, documented
 from taskflow.api.schemas import (
-    HistoryEvent,
+    HISTORY_EVENT_JSON,
+    TASK_JSON,
     LinkedTask,
     LinkedTasks,
-    Task,
+    RowJson,
     TaskLinks,
 )
 from taskflow.api.security import current_user_id, require_user
@@ -64,6 +65,8 @@ from taskflow.store.pool import Record
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("admin", __name__)
+OPERATOR_SCHEDULE = RowJson(OperatorSchedule)
+USER_SHARE = RowJson(UserShare)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -239,16 +242,11 @@ async def get_task(raw_id: str) -> Response:
     links = await services().dependencies.links(task_id)
     return model_response(
         OperatorTask(
-            task=Task.model_validate({field: row[field] for field in Task.model_fields}),
+            task=TASK_JSON.model_of_row(row),
             email=owner["email"] if owner is not None else "",
             worker_id=row["worker_id"],
             lease_expires_at=row["lease_expires_at"],
-            history=[
-                HistoryEvent.model_validate(
-                    {field: entry[field] for field in HistoryEvent.model_fields}
-                )
-                for entry in history
-            ],
+            history=HISTORY_EVENT_JSON.models_of_rows(history),
             links=TaskLinks(
                 dependencies=_linked(links.dependencies), dependents=_linked(links.dependents)
             ),
@@ -332,14 +330,9 @@ async def list_schedules() -> Response:
     """Every user's schedules (the taskflow_schedules view): paused last, next slot first."""
     query = _query(RowsQuery)
     rows = await services().admin.select_all_schedules(query.limit)
-    fields = OperatorSchedule.model_fields
     return model_response(
         OperatorSchedules(
-            total=rows[0]["total"] if rows else 0,
-            schedules=[
-                OperatorSchedule.model_validate({field: row[field] for field in fields})
-                for row in rows
-            ],
+            total=rows[0]["total"] if rows else 0, schedules=OPERATOR_SCHEDULE.models_of_rows(rows)
         )
     )
 
@@ -351,12 +344,6 @@ async def list_user_shares() -> Response:
     """Each user with unfinished tasks: weight, running and queued tasks, share and caps."""
     query = _query(RowsQuery)
     rows = await services().limits.select_user_shares(query.limit)
-    fields = UserShare.model_fields
     return model_response(
-        UserShares(
-            total=rows[0]["total"] if rows else 0,
-            users=[
-                UserShare.model_validate({field: row[field] for field in fields}) for row in rows
-            ],
-        )
+        UserShares(total=rows[0]["total"] if rows else 0, users=USER_SHARE.models_of_rows(rows))
     )
