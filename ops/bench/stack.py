@@ -77,19 +77,21 @@ def _server_label(dsn: str) -> str:
 
 
 class Stack:
-    def __init__(self, settings: Settings, options: BenchOptions) -> None:
+    def __init__(self, settings: Settings, options: BenchOptions, *, kind: str = "bench") -> None:
+        """``kind`` names its database, queue and log directory (the chaos
+        run's stack is a ``chaos`` one)."""
         self.settings = settings
         self.options = options
         suffix = secrets.token_hex(4)
-        self.database = f"taskflow_bench_{suffix}"
-        self.queue = f"taskflow_bench_{suffix}"
+        self.database = f"taskflow_{kind}_{suffix}"
+        self.queue = f"taskflow_{kind}_{suffix}"
         server_dsn = settings.database_url.get_secret_value()
         self.dsn = _with_database(server_dsn, self.database)
         self.admin_dsn = _with_database(server_dsn, "postgres")
         self.amqp_url = (
             settings.amqp_url.get_secret_value() if settings.amqp_url else DEFAULT_AMQP_URL
         )
-        self.logs = Path(tempfile.mkdtemp(prefix="taskflow-bench-"))
+        self.logs = Path(tempfile.mkdtemp(prefix=f"taskflow-{kind}-"))
         self.collector = StartCollector()
         self.registry = self._registry()
         self.children: list[Child] = []

@@ -10,9 +10,7 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -21,7 +19,7 @@ from typing import Any
 
 from ops.bench.options import BenchOptions
 from ops.bench.processes import Child
-from ops.bench.stack import Stack, Store, _server_label, _with_database
+from ops.bench.stack import Stack, Store, _server_label
 from ops.chaos.options import ChaosOptions
 from taskflow.config import Settings
 from taskflow.store.accounts import AccountStore
@@ -54,15 +52,10 @@ class ChaosStore(Store, AccountStore):
 
 class ChaosStack(Stack):
     def __init__(self, settings: Settings, options: ChaosOptions) -> None:
-        super().__init__(settings, BenchOptions(procs=options.workers, slots=options.concurrency))
-        shutil.rmtree(self.logs, ignore_errors=True)  # the bench's directory; ours follows
+        super().__init__(
+            settings, BenchOptions(procs=options.workers, slots=options.concurrency), kind="chaos"
+        )
         self.chaos = options
-        suffix = secrets.token_hex(4)
-        self.database = f"taskflow_chaos_{suffix}"
-        self.queue = f"taskflow_chaos_{suffix}"
-        server_dsn = settings.database_url.get_secret_value()
-        self.dsn = _with_database(server_dsn, self.database)
-        self.logs = Path(tempfile.mkdtemp(prefix="taskflow-chaos-"))
         self.marks = self.logs / "marks"
         self.marks.mkdir()
         self.config_path = self.logs / "config.json"
