@@ -83,9 +83,16 @@ async def _body_chunks(
     too_large = f"the request body is larger than {max_bytes} bytes"
     received = 0
     while True:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+        # cancellation that arrives as a chunk does, and the upload's total
+        # deadline (a cancellation from outside) would then never fire.
+        idle = asyncio.timeout(idle_timeout_seconds)
         try:
-            chunk = await asyncio.wait_for(_next_or_none(body), idle_timeout_seconds)
+            async with idle:
+                chunk = await _next_or_none(body)
         except TimeoutError:
+            if not idle.expired():
+                raise
             raise RequestTimeout(
                 f"no part of the body arrived for {idle_timeout_seconds:g} s"
             ) from None
