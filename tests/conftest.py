@@ -8,6 +8,7 @@ TASKFLOW_TEST_ADMIN_DSN and TASKFLOW_TEST_AMQP_URL say where they are.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 import uuid
@@ -36,6 +37,16 @@ ADMIN_DSN = os.environ.get("TASKFLOW_TEST_ADMIN_DSN", "postgresql://root@127.0.0
 AMQP_URL = os.environ.get("TASKFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 RUN_ID = uuid.uuid4().hex[:8]
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _garbage_of_this_test() -> Iterator[None]:
+    """A socket or file a test leaves open in a reference cycle is reported
+    (a ResourceWarning, an error here) when the collector frees it, which
+    without this is whenever a later test happens to trigger a full
+    collection. Collecting at teardown makes the test that leaked it fail."""
+    yield
+    gc.collect()
 
 
 def dsn_for(database: str) -> str:
