@@ -16,8 +16,9 @@
   2b. create the task of each schedule slot that has come (SPEC §9;
      taskflow/schedules.py has the missed-slot rule), and plan the next slot
      of schedules just resumed;
-  3. prune history of finished tasks past ``history_retention_days``, and
-     finished tasks themselves (with the rest of their history) past
+  3. drop the task_history partitions past ``history_retention_days`` and
+     create the next ones (db/functions/05_history_partitions.sql), and
+     delete finished tasks (with the rest of their history) past
      ``task_retention_days``;
   4. every few minutes, remove the temporary files crashed writers left in
      the file areas, once older than ``temporary_file_max_age_seconds``.
@@ -245,11 +246,20 @@ class Scheduler:
     async def _prune(self, report: TickReport) -> None:
         history_behind = True
         for _ in range(MAX_BATCHES_PER_TICK):
-            deleted = await self.store.prune_history(
+            upkeep = await self.store.history_upkeep(
                 self.settings.history_retention_days, self.batch
             )
-            report.pruned += deleted
-            if deleted < self.batch:
+            report.pruned += upkeep.deleted_rows + upkeep.dropped_rows
+            if upkeep.dropped_rows or upkeep.created_partitions:
+                log.info(
+                    "history partitions",
+                    extra={
+                        "event": "history_partitions",
+                        "dropped_rows": upkeep.dropped_rows,
+                        "created_partitions": upkeep.created_partitions,
+                    },
+                )
+            if upkeep.deleted_rows < self.batch:
                 history_behind = False
                 break
         expired = await prune_expired(

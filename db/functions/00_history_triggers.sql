@@ -139,7 +139,10 @@ $$;
 CREATE OR REPLACE FUNCTION taskflow_tasks_deleted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM task_history h USING old_rows o WHERE h.task_id = o.id;
+    -- A task's history starts at its creation: the partitions before the
+    -- oldest deleted task's are not even looked at.
+    DELETE FROM task_history h USING old_rows o
+    WHERE h.task_id = o.id AND h.at >= (SELECT min(x.created_at) FROM old_rows x);
     DELETE FROM dispatched_tasks d USING old_rows o WHERE d.task_id = o.id;
     -- Tasks blocked on a deleted task are cancelled, naming it; then its
     -- edges go (those of the deleted task itself go by foreign key).

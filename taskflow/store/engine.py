@@ -8,6 +8,7 @@ claim token of the attempt that wrote it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -168,15 +169,30 @@ SELECT id, status, worker_id, started FROM taskflow_rescue_expired_leases($1, $2
 RESCUE_LOST_WORKERS = """
 SELECT id, status, worker_id, started FROM taskflow_rescue_lost_workers($1, $2)
 """
-PRUNE_HISTORY = """
-DELETE FROM task_history WHERE id IN (
-    SELECT h.id FROM task_history h JOIN tasks t ON t.id = h.task_id
-    WHERE h.at < now() - make_interval(days => $1)
-      AND t.status IN ('done', 'failed', 'cancelled')
-    LIMIT $2
-)
+# History retention (db/functions/05_history_partitions.sql): partitions past
+# retention are dropped whole, new ones made ahead, and rows that landed in
+# the default partition are deleted once past retention, a batch at a time.
+HISTORY_UPKEEP = """
+SELECT deleted_rows, dropped_rows, created_partitions
+FROM taskflow_history_upkeep(make_interval(days => $1), make_interval(days => $2),
+                             make_interval(days => $3), $4)
 """
 TRY_SCHEDULER_DUTY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+
+
+def history_partition_days(retention_days: int) -> int:
+    """How many days one task_history partition spans: a day at the default
+    30 days of retention, wider for longer ones, so about thirty partitions
+    are kept whatever the retention (each query that cannot tell which
+    partition holds its rows looks at every one)."""
+    return max(1, math.ceil(retention_days / 30))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryUpkeep:
+    deleted_rows: int  # from the default partition
+    dropped_rows: int  # estimated, in the partitions dropped
+    created_partitions: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,9 +322,15 @@ class EngineStore(Queries):
             await name_change(connection, actor="scheduler", event="worker_lost")
             return await connection.fetch(RESCUE_LOST_WORKERS, limit, max_lease_crashes)
 
-    async def prune_history(self, retention_days: int, limit: int) -> int:
-        status = await self.pool.execute(PRUNE_HISTORY, retention_days, limit)
-        return int(status.split()[-1])
+    async def history_upkeep(self, retention_days: int, limit: int) -> HistoryUpkeep:
+        """One round of history retention; see :func:`history_partition_days`."""
+        width = history_partition_days(retention_days)
+        [row] = await self.pool.fetch(HISTORY_UPKEEP, retention_days, width, 2 * width, limit)
+        return HistoryUpkeep(
+            deleted_rows=row["deleted_rows"],
+            dropped_rows=row["dropped_rows"],
+            created_partitions=row["created_partitions"],
+        )
 
     async def with_duty_lock(self, lock_id: int, action: Callable[[], Awaitable[Any]]) -> bool:
         """Run ``action`` only if no other scheduler holds this duty right now."""

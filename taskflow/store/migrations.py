@@ -8,9 +8,10 @@ Two kinds of SQL files:
 - Repeatable SQL, ``db/functions/*.sql`` (the engine's functions) then
   ``ops/sql/*.sql`` (the operators' views and functions): each file is written
   with CREATE OR REPLACE and is the one source of what it defines. After the
-  versioned migrations, when any of them is new or changed, all of them are
-  applied again in that order, in one transaction, so a view always sees the
-  functions it uses. Changing one is editing its file.
+  versioned migrations, when any of them is new or changed, or a versioned
+  migration was just applied, all of them are applied again in that order, in
+  one transaction, so a view always sees the functions it uses. Changing one
+  is editing its file.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ async def apply_migrations(
         await connection.execute("SELECT pg_advisory_lock($1)", MIGRATIONS_LOCK_ID)
         try:
             applied = await _apply_versioned(connection, versioned)
-            applied += await _apply_repeatables(connection, repeatables)
+            # Also after any new migration: it may have dropped what a
+            # repeatable file defines (a view over a table it rebuilt).
+            applied += await _apply_repeatables(connection, repeatables, force=bool(applied))
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATIONS_LOCK_ID)
     finally:
@@ -150,12 +153,14 @@ async def _apply_versioned(connection: Connection, files: list[SqlFile]) -> list
     return applied_now
 
 
-async def _apply_repeatables(connection: Connection, files: list[SqlFile]) -> list[str]:
+async def _apply_repeatables(
+    connection: Connection, files: list[SqlFile], *, force: bool = False
+) -> list[str]:
     await connection.execute(CREATE_REPEATABLES_TABLE)
     recorded = {
         row["name"]: row["checksum"] for row in await connection.fetch(SELECT_APPLIED_REPEATABLES)
     }
-    if recorded == {f.name: f.checksum for f in files}:
+    if recorded == {f.name: f.checksum for f in files} and not force:
         return []
     changed = [f.name for f in files if recorded.get(f.name) != f.checksum]
     async with connection.transaction():

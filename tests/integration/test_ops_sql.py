@@ -139,6 +139,7 @@ async def test_views_and_functions_are_discoverable(psql: asyncpg.Connection) ->
         "taskflow_blocked",
         "taskflow_vacuum_horizon",
         "taskflow_user_shares",
+        "taskflow_history_partitions",
     }
     for view in views:
         assert await psql.fetchval("SELECT obj_description($1::regclass, 'pg_class')", view)
