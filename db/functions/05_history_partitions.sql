@@ -25,8 +25,10 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Partitions until `until` is covered. A range that rows in the default
--- partition fall into (no scheduler ran for a while) gets them moved into it,
--- in the same transaction. Returns how many partitions were created.
+-- partition already fall into (no scheduler ran for a while) gets none: its
+-- rows stay in the default, deleted once past retention, and partitions go on
+-- from the next range. (Moving them would hold the exclusive lock below for
+-- as long as copying takes.) Returns how many partitions were created.
 CREATE OR REPLACE FUNCTION taskflow_history_extend(
     width interval, as_of timestamptz, until timestamptz, lock_timeout_ms integer DEFAULT 200
 ) RETURNS integer
@@ -52,11 +54,17 @@ BEGIN
         -- Exclusive, though ATTACH alone would take less: an INSERT that
         -- routed its row to the default partition just before the attach
         -- would fail its check after it. Held for the few catalog changes
-        -- below (and the moving of rows, when a scheduler was away).
+        -- below and ATTACH's scan of the default partition (empty, unless a
+        -- scheduler was away).
         LOCK TABLE task_history IN ACCESS EXCLUSIVE MODE;
     END IF;
     WHILE range_start < until LOOP
         range_end := range_start + width;
+        IF EXISTS (SELECT 1 FROM task_history_default d
+                   WHERE d.at >= range_start AND d.at < range_end) THEN
+            range_start := range_end;
+            CONTINUE;
+        END IF;
         name := 'task_history_' || to_char(range_start AT TIME ZONE 'UTC', 'YYYYMMDD');
         EXECUTE format(
             'CREATE TABLE %I (LIKE task_history INCLUDING DEFAULTS) WITH ('
@@ -66,9 +74,6 @@ BEGIN
             'autovacuum_vacuum_cost_delay = 1)', name);
         EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (at >= %L AND at < %L)',
                        name, name || '_range', range_start, range_end);
-        EXECUTE format(
-            'WITH moved AS (DELETE FROM task_history_default WHERE at >= %L AND at < %L '
-            'RETURNING *) INSERT INTO %I SELECT * FROM moved', range_start, range_end, name);
         EXECUTE format('ALTER TABLE task_history ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
                        name, range_start, range_end);
         EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', name, name || '_range');

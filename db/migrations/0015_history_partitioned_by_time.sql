@@ -6,9 +6,8 @@
 -- Partitions are ranges of `at` (UTC day boundaries), created ahead of time
 -- and dropped once wholly past history_retention_days by the scheduler's
 -- retention duty (db/functions/05_history_partitions.sql). A row no range
--- covers yet goes to task_history_default; the duty moves such rows into the
--- partition it creates for them, so the default stays empty in a running
--- system and never loses a row when no scheduler ran for a while.
+-- covers yet goes to task_history_default, so no row is refused when no
+-- scheduler ran for a while; in a running system the default stays empty.
 --
 -- The existing rows stay where they are: the old table becomes the partition
 -- for everything before tomorrow (UTC), and is dropped whole once that day is
@@ -83,4 +82,4 @@ CREATE TRIGGER task_history_notify AFTER INSERT ON task_history
 COMMENT ON TABLE task_history IS
     'Every status change of every task, partitioned by `at`; see taskflow_history_partitions.';
 COMMENT ON TABLE task_history_default IS
-    'History rows no partition covered yet; the retention duty moves them into new partitions.';
+    'History rows no partition covered when written; deleted once past retention.';

@@ -2,8 +2,9 @@
 -- holds, its rows (the planner's estimate) and size. The scheduler drops a
 -- partition once its range ends past history_retention_days and keeps about
 -- two partitions' width of them ahead of now; rows of the default partition
--- are those no range covered when they were written (no scheduler ran), moved
--- into place when their partition is created.
+-- are those no range covered when they were written (no scheduler ran for a
+-- while): they stay there, deleted in batches once past retention, and
+-- partitions go on from the first range without such rows.
 -- Safe on a live system: a read-only view of the catalog.
 --
 --   SELECT * FROM taskflow_history_partitions;

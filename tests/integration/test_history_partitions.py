@@ -126,23 +126,34 @@ async def test_the_migration_keeps_existing_history_as_a_partition(tmp_path: Pat
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def test_upkeep_creates_partitions_ahead_and_moves_waiting_rows_in(
-    db: asyncpg.Connection, user_id: int
-) -> None:
-    ids = await insert_tasks(db, user_id, 20)
-    assert await rows_by_partition(db) == {"task_history_default": 20}
+async def test_upkeep_creates_partitions_ahead(db: asyncpg.Connection, user_id: int) -> None:
     now = await db.fetchval("SELECT now()")
     upkeep = await db.fetchrow(UPKEEP, "30 days", "1 day", "2 days", 1000, now)
-    assert upkeep["created_partitions"] >= 3  # today, and two days ahead
-    assert (upkeep["deleted_rows"], upkeep["dropped_rows"]) == (0, 0)
-    # The rows that waited in the default are in today's partition now.
-    [today] = [part for part in await rows_by_partition(db)]
-    assert today == "task_history_" + now.strftime("%Y%m%d")
-    assert await db.fetchval("SELECT count(*) FROM task_history_default") == 0
-    assert await db.fetchval("SELECT count(*) FROM task_history WHERE task_id = ANY($1)", ids) == 20
+    assert tuple(upkeep) == (0, 0, 3)  # today, and two days ahead
+    ids = await insert_tasks(db, user_id, 20)
+    assert await rows_by_partition(db) == {"task_history_" + now.strftime("%Y%m%d"): 20}
     # A second round finds nothing to do.
     again = await db.fetchrow(UPKEEP, "30 days", "1 day", "2 days", 1000, now)
     assert tuple(again) == (0, 0, 0)
+    assert await db.fetchval("SELECT count(*) FROM task_history WHERE task_id = ANY($1)", ids) == 20
+
+
+async def test_a_range_with_rows_waiting_in_the_default_gets_no_partition(
+    db: asyncpg.Connection, user_id: int
+) -> None:
+    """Rows written while no scheduler ran stay in the default (moving them
+    would hold the exclusive lock for the copy); partitions go on after them."""
+    await insert_tasks(db, user_id, 20)
+    now = await db.fetchval("SELECT now()")
+    upkeep = await db.fetchrow(UPKEEP, "30 days", "1 day", "2 days", 1000, now)
+    assert upkeep["created_partitions"] == 2  # the next two days, not today
+    assert "task_history_" + now.strftime("%Y%m%d") not in await partitions(db)
+    await insert_tasks(db, user_id, 5)
+    assert await rows_by_partition(db) == {"task_history_default": 25}
+    # Past retention, the default's rows are deleted a batch at a time.
+    later = await db.fetchval("SELECT $1::timestamptz + interval '31 days'", now)
+    upkeep = await db.fetchrow(UPKEEP, "30 days", "1 day", "2 days", 1000, later)
+    assert upkeep["deleted_rows"] == 25
 
 
 async def test_retention_drops_whole_partitions_and_keeps_the_newer_ones(
