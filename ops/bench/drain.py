@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ops.bench.latency import run_latency
+from ops.bench.latency_floor import run_latency_floor
 from ops.bench.options import ENQUEUE_CHUNK, PHASE_TIMEOUT_SECONDS, TASK_TYPE
 from ops.bench.pgstats import pg_stats, pg_stats_delta
 from ops.bench.probes import StartBlock, cpu_per_task
@@ -135,3 +136,5 @@ async def run_drain(stack: Stack, report: Report) -> None:
         "bytes",
         "server-wide WAL: other databases' writes count too",
     )
+    if latency_count:
+        await run_latency_floor(stack, report)

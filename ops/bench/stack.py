@@ -67,7 +67,7 @@ class Store(Database, TaskStore):
     """The bench's producer: a pool of its own, and the API's task queries."""
 
 
-def _with_database(dsn: str, database: str) -> str:
+def with_database(dsn: str, database: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
 
 
@@ -86,8 +86,8 @@ class Stack:
         self.database = f"taskflow_{kind}_{suffix}"
         self.queue = f"taskflow_{kind}_{suffix}"
         server_dsn = settings.database_url.get_secret_value()
-        self.dsn = _with_database(server_dsn, self.database)
-        self.admin_dsn = _with_database(server_dsn, "postgres")
+        self.dsn = with_database(server_dsn, self.database)
+        self.admin_dsn = with_database(server_dsn, "postgres")
         self.amqp_url = (
             settings.amqp_url.get_secret_value() if settings.amqp_url else DEFAULT_AMQP_URL
         )
