@@ -34,6 +34,8 @@ EXPECTED_METRICS = {
     "latency_p50_ms",
     "latency_p95_ms",
     "latency_p99_ms",
+    "latency_floor_p50_ms",
+    "latency_floor_p99_ms",
     "pg_row_writes_per_task",
     "pg_commits_per_task",
     "pg_wal_bytes_per_task",
@@ -119,6 +121,12 @@ async def test_quick_bench_reports_every_metric_and_cleans_up(tmp_path: Path) ->
         1.0, abs=0.01
     )
     assert "| drain of 2000 queued tasks |" in result.stdout
+    # The latency floor timed every sample in a database of its own, then dropped it.
+    floor = document["details"]["latency_floor"]
+    assert floor["samples"] == document["details"]["latency"]["samples"]
+    assert 0 < floor["insert_ms"]["p50"] < metrics["latency_floor_p50_ms"]
+    assert metrics["latency_floor_p50_ms"] <= metrics["latency_floor_p99_ms"]
+    assert not await database_exists(document["database"] + "_floor")
 
     # The fairness phase: every one of B's tasks started while A's backlog
     # was being drained, and each number is one (no speed is asserted).
