@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from taskflow.config import Settings
@@ -29,6 +29,12 @@ from taskflow.store.pool import Record
 DEFAULT_LONG_TRANSACTION_SECONDS = 300.0
 DEFAULT_FAILURES_SHOWN = 10
 DEFAULT_USERS_SHOWN = 5
+# Retention creates history partitions two days ahead (at the default 30
+# days of retention): less than a day left means it has not run for a day.
+HISTORY_AHEAD_WARNING = timedelta(days=1)
+# A row reaches the default partition only when no partition covered its
+# time; a day-old one means no scheduler made them then.
+HISTORY_DEFAULT_AGE_SECONDS = 86_400.0
 
 
 @dataclass
@@ -51,6 +57,10 @@ class StatusReport:
     # The busiest users first (taskflow_user_shares); the total have unfinished tasks.
     user_shares: list[dict[str, Any]] = field(default_factory=list)
     user_shares_total: int = 0
+    # The end of the newest task_history partition (None: none yet), and the
+    # day-old rows in its default partition.
+    history_partitions_end: datetime | None = None
+    history_default_rows: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -79,6 +89,7 @@ async def collect_status(
     user_shares, users_total = _counted_rows(
         await LimitsStore(store.pool).select_user_shares(users_shown)
     )
+    history = await store.select_history_partitions_state(HISTORY_DEFAULT_AGE_SECONDS)
     report = StatusReport(
         database=database,
         generated_at=now,
@@ -96,6 +107,8 @@ async def collect_status(
         paused_types=_rows(await PausedTypeStore(store.pool).select_paused_types()),
         user_shares=user_shares,
         user_shares_total=users_total,
+        history_partitions_end=history["partitions_end"],
+        history_default_rows=history["default_rows"],
     )
     report.warnings = _warnings(report)
     return report
@@ -125,6 +138,19 @@ def _warnings(report: StatusReport) -> list[str]:
         warnings.append(
             f"{report.stuck} task(s) processing past their lease: the scheduler rescues "
             "them every tick; is one running? (SELECT * FROM taskflow_stuck)"
+        )
+    end = report.history_partitions_end
+    if end is not None and end < report.generated_at + HISTORY_AHEAD_WARNING:
+        warnings.append(
+            f"task_history partitions end at {format_time(end)}, less than a day ahead: "
+            "history retention has not run lately; is a scheduler running? "
+            "(SELECT * FROM taskflow_history_partitions)"
+        )
+    if report.history_default_rows:
+        warnings.append(
+            f"{report.history_default_rows} history row(s) over a day old are in "
+            "task_history_default: no partition covered their time (no scheduler ran "
+            "retention then); they are deleted once past history_retention_days"
         )
     alive = [w for w in report.workers if w["state"] == "alive"]
     if report.due_unclaimed and not alive:

@@ -49,6 +49,13 @@ FROM taskflow_workers
 """
 COUNT_STUCK_TASKS = "SELECT count(*) FROM taskflow_stuck"
 COUNT_DUE_UNCLAIMED_TASKS = "SELECT count(*) FROM taskflow_due_unclaimed"
+# Whether history retention runs (db/functions/05_history_partitions.sql):
+# how far ahead the partitions reach, and rows that found no partition.
+SELECT_HISTORY_PARTITIONS_STATE = """
+SELECT (SELECT max(p.ends_at) FROM taskflow_history_partitions p) AS partitions_end,
+       (SELECT count(*) FROM task_history_default d
+        WHERE d.at < now() - make_interval(secs => $1)) AS default_rows
+"""
 # count(*) OVER (): the total, while only the newest $1 rows travel.
 SELECT_RECENT_FAILURES = """
 SELECT id, type, status, failed_at, attempts, max_retries, quarantined, last_error,
@@ -166,6 +173,12 @@ class OperatorStore(Queries):
     async def count_due_unclaimed_tasks(self) -> int:
         count: int = await self._fetch_view_value(COUNT_DUE_UNCLAIMED_TASKS)
         return count
+
+    async def select_history_partitions_state(self, default_age_seconds: float) -> Record:
+        """The end of the newest task_history partition (None: none yet) and
+        the rows in the default partition older than ``default_age_seconds``."""
+        rows = await self._fetch_views(SELECT_HISTORY_PARTITIONS_STATE, default_age_seconds)
+        return rows[0]
 
     async def select_recent_failures(self, limit: int) -> list[Record]:
         return await self._fetch_views(SELECT_RECENT_FAILURES, limit)

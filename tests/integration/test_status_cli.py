@@ -491,3 +491,33 @@ async def test_status_lists_paused_types_and_check_fails_while_one_is(
     resumed = (await cli("status", "--json")).json()
     assert resumed["paused_types"] == []
     assert not any("paused" in w for w in resumed["warnings"])
+
+
+async def test_status_warns_while_history_retention_does_not_run(store: Store, cli: Any) -> None:
+    """Retention keeps task_history partitions ahead of now; without a
+    scheduler running it, rows land in the default partition."""
+    user_id = await new_user(store)
+    later = datetime.now(UTC) + timedelta(hours=1)  # postponed: no worker is missed
+    task = NewTask(new_task_id(), "test_noop", {}, 0, 3, later)
+    [row] = await store.insert_tasks(user_id, [task])
+    await store.pool.execute(
+        "UPDATE task_history SET at = now() - interval '2 days' WHERE task_id = $1", row["id"]
+    )
+    warned = await cli("status", "--check", "--json")
+    assert warned.code == 1
+    [warning] = warned.json()["warnings"]
+    assert warning.startswith("1 history row(s) over a day old are in task_history_default")
+    await store.pool.execute("DELETE FROM task_history WHERE task_id = $1", row["id"])
+
+    # Partitions made three days ago, never since: they end before tomorrow.
+    upkeep = "SELECT taskflow_history_upkeep('30 days', '1 day', '2 days', 100, $1::timestamptz)"
+    await store.pool.execute(upkeep, datetime.now(UTC) - timedelta(days=3))
+    stale = await cli("status", "--check")
+    assert stale.code == 1
+    assert "WARNING: task_history partitions end at" in stale.stdout
+    assert "is a scheduler running?" in stale.stdout
+
+    # A round now, as the scheduler's: two days ahead again, nothing to say.
+    await store.pool.execute(upkeep, datetime.now(UTC))
+    calm = await cli("status", "--check", "--json")
+    assert (calm.code, calm.json()["warnings"]) == (0, [])
