@@ -1,9 +1,10 @@
-"""Settings: the tunables of the repository's config.json (or ``TASKFLOW_CONFIG``),
-plus the environment (and a ``.env`` file).
+"""Settings: the tunables of the JSON settings file at the repository's root
+(or the one ``TASKFLOW_CONFIG`` names), plus the environment (and a ``.env``
+file).
 
 Loaded once by the CLI and passed down explicitly; nothing else reads
-``os.environ``. Precedence, lowest first: defaults, config.json, ``.env``,
-the process environment. Any bad key or value stops start-up with its name.
+``os.environ``. Precedence, lowest first: defaults, the settings file,
+``.env``, the process environment. Any bad key or value stops start-up with its name.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ PositiveSeconds = Annotated[float, Field(gt=0, le=86400 * 7)]
 
 
 class Tunables(BaseModel):
-    """The keys config.json may hold. Unknown keys are an error."""
+    """The keys the settings file may hold. Unknown keys are an error."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,7 +110,7 @@ class Tunables(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _seed_names(cls, data: Any) -> Any:
-        # The original service's config.json spelled the tick in camelCase.
+        # The original service's settings file spelled the tick in camelCase.
         if isinstance(data, dict) and "schedulerIntervalMs" in data:
             data = dict(data)
             if "scheduler_interval_ms" in data:
