@@ -46,11 +46,7 @@ async def run_latency_floor(stack: Stack, report: Report) -> None:
         await apply_migrations(dsn)
         insert_ms, claim_ms, total_ms = await _measure(dsn, samples)
     finally:
-        admin = await connect(stack.admin_dsn, application_name="taskflow-bench")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await stack.drop_database(database)
     for values in (insert_ms, claim_ms, total_ms):
         values.sort()
     p50, p99 = percentile(total_ms, 50), percentile(total_ms, 99)

@@ -350,7 +350,7 @@ class Stack:
             await self.store.close()
         if self.database_created:
             try:
-                await self._drop_database()
+                await self.drop_database(self.database)
             except CLEANUP_DATABASE_ERRORS as exc:
                 print(f"taskflow bench: could not drop {self.database}: {exc}", file=sys.stderr)
         await self.collector.close()
@@ -369,8 +369,8 @@ class Stack:
         finally:
             await broker.close()
 
-    async def _drop_database(self) -> None:
-        name = self.database.replace('"', '""')
+    async def drop_database(self, database: str) -> None:
+        name = database.replace('"', '""')
         connection = await connect(self.admin_dsn, application_name="taskflow-bench")
         try:
             await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
