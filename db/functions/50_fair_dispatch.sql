@@ -27,6 +27,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 7378427582459741248 $$;
 -- next tasks. The quantum starts at 1 and, after each full circle, becomes
 -- what is left to pick shared among the users who took all they were offered
 -- (they may have more), so a single heavy user does not cost a visit a task.
+-- When only one user has queued tasks, the quantum is the whole pick: one
+-- visit, no circles.
 -- A user's limits: user_limits where set, else the defaults passed in (from
 -- config.json); 0 means no limit.
 CREATE OR REPLACE FUNCTION taskflow_fair_pick(
@@ -46,6 +48,8 @@ DECLARE
     hungry_this_circle integer := 0;
     picked_this_visit integer;
     quantum integer := 1;
+    sole_user boolean;
+    other_user bigint;
     take integer;
     weight integer;
     cap integer;
@@ -61,6 +65,37 @@ BEGIN
     IF wanted <= 0 THEN
         RETURN;
     END IF;
+    SELECT s.last_user_id INTO start_after FROM dispatch_state s;
+    -- The first user to visit: the next with a queued task after where the
+    -- last pick stopped, wrapping around (a loose index scan). Nobody: an
+    -- empty pick (every worker that hears of a task looks) ends here.
+    SELECT t.user_id INTO current_user_id FROM tasks t
+    WHERE t.status = 'queued' AND t.user_id > start_after
+    ORDER BY t.user_id LIMIT 1;
+    IF current_user_id IS NULL THEN
+        SELECT t.user_id INTO current_user_id FROM tasks t
+        WHERE t.status = 'queued' ORDER BY t.user_id LIMIT 1;
+        IF current_user_id IS NULL THEN
+            RETURN;
+        END IF;
+    END IF;
+    -- The only user with queued tasks (the idle case, and one user's
+    -- backlog) is served in a single visit: there is nobody to take turns
+    -- with, and a second circle would only find the rest held by the caps.
+    -- (Loose index scans again: a bare EXISTS here is planned as a
+    -- sequential scan of tasks once the plan is generic.)
+    SELECT t.user_id INTO other_user FROM tasks t
+    WHERE t.status = 'queued' AND t.user_id > current_user_id
+    ORDER BY t.user_id LIMIT 1;
+    IF other_user IS NULL THEN
+        SELECT t.user_id INTO other_user FROM tasks t
+        WHERE t.status = 'queued' AND t.user_id < current_user_id
+        ORDER BY t.user_id LIMIT 1;
+    END IF;
+    sole_user := other_user IS NULL;
+    IF sole_user THEN
+        quantum := wanted;
+    END IF;
     -- Each capped type's room: its cap less what of it runs or is on its way.
     FOR capped_type, cap IN
         SELECT c.key, c.value::integer FROM jsonb_each_text(type_max_running) AS c
@@ -71,17 +106,18 @@ BEGIN
             + (SELECT count(*) FROM dispatched_tasks d WHERE d.type = capped_type)));
     END LOOP;
     SELECT coalesce(array_agg(p.type), '{}') INTO paused_types FROM paused_task_types p;
-    SELECT s.last_user_id INTO start_after FROM dispatch_state s;
-    current_user_id := start_after;
     LOOP
-        -- The next user with a queued task, wrapping around (a loose index scan).
-        SELECT t.user_id INTO current_user_id FROM tasks t
-        WHERE t.status = 'queued' AND t.user_id > current_user_id
-        ORDER BY t.user_id LIMIT 1;
-        IF current_user_id IS NULL THEN
+        IF first_user IS NOT NULL THEN
+            EXIT WHEN sole_user;
+            -- The next user with a queued task, wrapping around.
             SELECT t.user_id INTO current_user_id FROM tasks t
-            WHERE t.status = 'queued' ORDER BY t.user_id LIMIT 1;
-            EXIT WHEN current_user_id IS NULL;  -- nothing is queued
+            WHERE t.status = 'queued' AND t.user_id > current_user_id
+            ORDER BY t.user_id LIMIT 1;
+            IF current_user_id IS NULL THEN
+                SELECT t.user_id INTO current_user_id FROM tasks t
+                WHERE t.status = 'queued' ORDER BY t.user_id LIMIT 1;
+                EXIT WHEN current_user_id IS NULL;  -- nothing is queued
+            END IF;
         END IF;
         IF current_user_id = first_user THEN
             -- A full circle: stop when it picked nothing, else share what is
@@ -194,7 +230,8 @@ BEGIN
         EXIT WHEN picked >= wanted;
     END LOOP;
     IF current_user_id IS NOT NULL THEN
-        UPDATE dispatch_state SET last_user_id = current_user_id;
+        UPDATE dispatch_state SET last_user_id = current_user_id
+        WHERE last_user_id IS DISTINCT FROM current_user_id;
     END IF;
 END
 $$;
