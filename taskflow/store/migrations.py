@@ -49,6 +49,24 @@ CREATE TABLE IF NOT EXISTS schema_repeatables (
 SELECT_APPLIED_REPEATABLES = "SELECT name, checksum FROM schema_repeatables"
 DELETE_APPLIED_REPEATABLES = "DELETE FROM schema_repeatables"
 INSERT_APPLIED_REPEATABLE = "INSERT INTO schema_repeatables (name, checksum) VALUES ($1, $2)"
+# A new database's first task_history partitions: today and two days ahead,
+# a day wide (the width at the default retention; the scheduler's retention
+# duty goes on from the last one at its own). Without them, history written
+# before the scheduler's first round lands in the default partition, and
+# that day then gets no partition of its own (see taskflow_history_extend).
+HISTORY_PARTITIONS_READY = """
+SELECT to_regclass('task_history_default') IS NOT NULL
+   AND to_regprocedure('taskflow_history_extend(interval, timestamptz, timestamptz, integer)')
+       IS NOT NULL
+"""
+CREATE_FIRST_HISTORY_PARTITIONS = """
+SELECT taskflow_history_extend(interval '1 day', now(), now() + interval '2 days')
+WHERE NOT EXISTS (
+    SELECT 1 FROM pg_inherits i
+    WHERE i.inhparent = 'task_history'::regclass
+      AND i.inhrelid <> 'task_history_default'::regclass
+)
+"""
 
 # (directory in the repository, its copy inside an installed wheel), in the
 # order they are applied. pyproject.toml force-includes each into the wheel.
@@ -123,6 +141,8 @@ async def apply_migrations(
             # Also after any new migration: it may have dropped what a
             # repeatable file defines (a view over a table it rebuilt).
             applied += await _apply_repeatables(connection, repeatables, force=bool(applied))
+            if await connection.fetchval(HISTORY_PARTITIONS_READY):
+                await connection.execute(CREATE_FIRST_HISTORY_PARTITIONS)
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATIONS_LOCK_ID)
     finally:

@@ -57,6 +57,14 @@ async def rows_by_partition(connection: asyncpg.Connection) -> dict[str, int]:
     return {row["part"]: row["n"] for row in rows}
 
 
+async def drop_partitions(connection: asyncpg.Connection) -> None:
+    """Back to no partition but the default, as before any retention round
+    (migrating creates the first ones)."""
+    for name in await partitions(connection):
+        if name != "task_history_default":
+            await connection.execute(f'DROP TABLE "{name}"')
+
+
 @pytest.fixture
 async def db(database: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await connect(database)
@@ -126,7 +134,24 @@ async def test_the_migration_keeps_existing_history_as_a_partition(tmp_path: Pat
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+async def test_a_new_database_writes_its_first_history_into_a_partition(
+    db: asyncpg.Connection, user_id: int
+) -> None:
+    """Before any scheduler ran: migrating made today's partition and two ahead."""
+    now = await db.fetchval("SELECT now()")
+    days = [
+        (await db.fetchval("SELECT $1::timestamptz + make_interval(days => $2)", now, n))
+        for n in range(3)
+    ]
+    assert set(await partitions(db)) == {"task_history_default"} | {
+        "task_history_" + day.strftime("%Y%m%d") for day in days
+    }
+    await insert_tasks(db, user_id, 20)
+    assert await rows_by_partition(db) == {"task_history_" + now.strftime("%Y%m%d"): 20}
+
+
 async def test_upkeep_creates_partitions_ahead(db: asyncpg.Connection, user_id: int) -> None:
+    await drop_partitions(db)
     now = await db.fetchval("SELECT now()")
     upkeep = await db.fetchrow(UPKEEP, "30 days", "1 day", "2 days", 1000, now)
     assert tuple(upkeep) == (0, 0, 3)  # today, and two days ahead
@@ -143,6 +168,7 @@ async def test_a_range_with_rows_waiting_in_the_default_gets_no_partition(
 ) -> None:
     """Rows written while no scheduler ran stay in the default (moving them
     would hold the exclusive lock for the copy); partitions go on after them."""
+    await drop_partitions(db)
     await insert_tasks(db, user_id, 20)
     now = await db.fetchval("SELECT now()")
     upkeep = await db.fetchrow(UPKEEP, "30 days", "1 day", "2 days", 1000, now)
