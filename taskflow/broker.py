@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # Called with the task ids of a delivery and a function that acks it.
 Delivery = Callable[[list[UUID], Callable[[], Awaitable[None]]], Awaitable[None]]
 
-DEFAULT_IDS_PER_MESSAGE = 32
+DEFAULT_IDS_PER_MESSAGE = 128  # config.py's ids_per_message
 # A message with more lines than this is not one of ours.
 MAX_IDS_PER_MESSAGE = 1000
 

@@ -59,8 +59,11 @@ class Tunables(BaseModel):
     scheduler_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10
     worker_poll_interval_ms: Annotated[int, Field(ge=10, le=600_000)] = 2000
-    # Task ids published together share a RabbitMQ message up to this many.
-    ids_per_message: Annotated[int, Field(ge=1, le=1000)] = 32
+    # Task ids published together share a RabbitMQ message up to this many
+    # (one publish, one delivery, one ack). A worker claims what its slots can
+    # take; the rest stay queued in Postgres, and an idle worker takes them
+    # if this one has not claimed them soon (Intake._balance).
+    ids_per_message: Annotated[int, Field(ge=1, le=1000)] = 128
     # Claim ahead of free slots what they would start within this time; 0: never.
     worker_claim_ahead_ms: Annotated[int, Field(ge=0, le=60_000)] = 10
     max_lease_crashes: Annotated[int, Field(ge=1, le=100)] = 3
