@@ -493,6 +493,22 @@ async def test_status_lists_paused_types_and_check_fails_while_one_is(
     assert not any("paused" in w for w in resumed["warnings"])
 
 
+DROP_HISTORY_PARTITIONS = """
+DO $$
+DECLARE
+    part regclass;
+BEGIN
+    FOR part IN SELECT i.inhrelid::regclass FROM pg_inherits i
+                WHERE i.inhparent = 'task_history'::regclass
+                  AND i.inhrelid <> 'task_history_default'::regclass
+    LOOP
+        EXECUTE format('DROP TABLE %s', part);
+    END LOOP;
+END
+$$
+"""
+
+
 async def test_status_warns_while_history_retention_does_not_run(store: Store, cli: Any) -> None:
     """Retention keeps task_history partitions ahead of now; without a
     scheduler running it, rows land in the default partition."""
@@ -510,6 +526,8 @@ async def test_status_warns_while_history_retention_does_not_run(store: Store, c
     await store.pool.execute("DELETE FROM task_history WHERE task_id = $1", row["id"])
 
     # Partitions made three days ago, never since: they end before tomorrow.
+    # (Migrating made today's and two ahead: gone first.)
+    await store.pool.execute(DROP_HISTORY_PARTITIONS)
     upkeep = "SELECT taskflow_history_upkeep('30 days', '1 day', '2 days', 100, $1::timestamptz)"
     await store.pool.execute(upkeep, datetime.now(UTC) - timedelta(days=3))
     stale = await cli("status", "--check")
