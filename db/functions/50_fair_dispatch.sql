@@ -18,6 +18,19 @@
 CREATE OR REPLACE FUNCTION taskflow_dispatch_lock() RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 7378427582459741248 $$;
 
+-- The lowest user id strictly between `above` and `below` (NULL: no bound)
+-- with a queued task, or NULL: one loose index scan, both bounds index
+-- conditions. (A bare EXISTS over tasks is planned as a sequential scan once
+-- plpgsql's plan is generic.)
+CREATE OR REPLACE FUNCTION taskflow_queued_user_in(above bigint, below bigint) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT t.user_id FROM tasks t
+    WHERE t.status = 'queued'
+      AND t.user_id > coalesce(above, -9223372036854775808)
+      AND t.user_id < coalesce(below, 9223372036854775807)
+    ORDER BY t.user_id LIMIT 1
+$$;
+
 -- Up to `wanted` queued tasks, fairly chosen, none of them already on its way
 -- to a worker; each goes into dispatched_tasks as it is picked, so what is
 -- counted against the caps includes this pick's own. Callers hold
@@ -49,7 +62,6 @@ DECLARE
     picked_this_visit integer;
     quantum integer := 1;
     sole_user boolean;
-    other_user bigint;
     take integer;
     weight integer;
     cap integer;
@@ -66,33 +78,18 @@ BEGIN
         RETURN;
     END IF;
     SELECT s.last_user_id INTO start_after FROM dispatch_state s;
-    -- The first user to visit: the next with a queued task after where the
-    -- last pick stopped, wrapping around (a loose index scan). Nobody: an
-    -- empty pick (every worker that hears of a task looks) ends here.
-    SELECT t.user_id INTO current_user_id FROM tasks t
-    WHERE t.status = 'queued' AND t.user_id > start_after
-    ORDER BY t.user_id LIMIT 1;
+    -- The first user to visit: the next after where the last pick stopped.
+    -- Nobody: an empty pick (every worker that hears of a task looks) ends here.
+    current_user_id := coalesce(taskflow_queued_user_in(start_after, NULL),
+                                taskflow_queued_user_in(NULL, NULL));
     IF current_user_id IS NULL THEN
-        SELECT t.user_id INTO current_user_id FROM tasks t
-        WHERE t.status = 'queued' ORDER BY t.user_id LIMIT 1;
-        IF current_user_id IS NULL THEN
-            RETURN;
-        END IF;
+        RETURN;
     END IF;
     -- The only user with queued tasks (the idle case, and one user's
     -- backlog) is served in a single visit: there is nobody to take turns
     -- with, and a second circle would only find the rest held by the caps.
-    -- (Loose index scans again: a bare EXISTS here is planned as a
-    -- sequential scan of tasks once the plan is generic.)
-    SELECT t.user_id INTO other_user FROM tasks t
-    WHERE t.status = 'queued' AND t.user_id > current_user_id
-    ORDER BY t.user_id LIMIT 1;
-    IF other_user IS NULL THEN
-        SELECT t.user_id INTO other_user FROM tasks t
-        WHERE t.status = 'queued' AND t.user_id < current_user_id
-        ORDER BY t.user_id LIMIT 1;
-    END IF;
-    sole_user := other_user IS NULL;
+    sole_user := taskflow_queued_user_in(current_user_id, NULL) IS NULL
+             AND taskflow_queued_user_in(NULL, current_user_id) IS NULL;
     IF sole_user THEN
         quantum := wanted;
     END IF;
@@ -109,15 +106,10 @@ BEGIN
     LOOP
         IF first_user IS NOT NULL THEN
             EXIT WHEN sole_user;
-            -- The next user with a queued task, wrapping around.
-            SELECT t.user_id INTO current_user_id FROM tasks t
-            WHERE t.status = 'queued' AND t.user_id > current_user_id
-            ORDER BY t.user_id LIMIT 1;
-            IF current_user_id IS NULL THEN
-                SELECT t.user_id INTO current_user_id FROM tasks t
-                WHERE t.status = 'queued' ORDER BY t.user_id LIMIT 1;
-                EXIT WHEN current_user_id IS NULL;  -- nothing is queued
-            END IF;
+            -- The next user, wrapping around.
+            current_user_id := coalesce(taskflow_queued_user_in(current_user_id, NULL),
+                                        taskflow_queued_user_in(NULL, NULL));
+            EXIT WHEN current_user_id IS NULL;  -- nothing is queued
         END IF;
         IF current_user_id = first_user THEN
             -- A full circle: stop when it picked nothing, else share what is
