@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -207,7 +208,9 @@ class Outcome:
     has_result: bool = False
     error: str | None = None
     delay_seconds: float | None = None
-    run_seconds: float = 0.0  # how long ago the handler started
+    # time.monotonic() when the handler started: an attempt claimed ahead
+    # has no started_at until its outcome is written, from this.
+    handler_started: float | None = None
 
 
 class EngineStore(Queries):
@@ -237,6 +240,10 @@ class EngineStore(Queries):
     ) -> dict[UUID, TaskStatus]:
         """Write outcomes; returns the new status of each task whose fence
         held (the others were lost)."""
+        # Seconds since each handler started, as of this statement: not its
+        # run time, since an outcome may wait for the statement a while (the
+        # outcomes of one moment are written together).
+        now = time.monotonic()
         rows = await self.pool.fetch(
             FINISH_PROCESSING_TASKS,
             [o.task_id for o in outcomes],
@@ -248,7 +255,7 @@ class EngineStore(Queries):
             [o.delay_seconds for o in outcomes],
             backoff_base_ms,
             backoff_max_ms,
-            [o.run_seconds for o in outcomes],
+            [0.0 if o.handler_started is None else now - o.handler_started for o in outcomes],
         )
         return {row["id"]: TaskStatus(row["status"]) for row in rows}
 

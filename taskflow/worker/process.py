@@ -361,7 +361,7 @@ class Worker:
                 has_result=end.has_result,
                 error=end.error,
                 delay_seconds=end.delay_seconds,
-                run_seconds=time.monotonic() - started,
+                handler_started=started,
             )
             await self.recorder.record(outcome, fields)
         except Exception as exc:  # our own bookkeeping failed; the lease rescues the task

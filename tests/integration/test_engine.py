@@ -658,6 +658,33 @@ async def test_no_broker_workers_wake_on_notify(
         await wait_until(all_in(store, ids, "done"))
 
 
+async def test_an_attempt_claimed_ahead_started_when_its_handler_did(
+    store: Store, user_id: int
+) -> None:
+    """Outcomes written together get the start of each handler, however long
+    each waited for the statement: not the statement's time less a run time."""
+    ids = await bulk_queued(store, user_id, 3)
+    claimed = await claim(store, ids, "w", 30, start_now=1)
+    ahead = [row for row in claimed if not row["started"]]
+    assert len(ahead) == 2
+    now = time.monotonic()
+    # The first ran 0.8 s ago for a moment; the second started after it.
+    await finish(
+        store,
+        Outcome(ahead[0]["id"], ahead[0]["claim_token"], "done", handler_started=now - 0.8),
+        Outcome(ahead[1]["id"], ahead[1]["claim_token"], "done", handler_started=now - 0.3),
+    )
+    rows = await store.pool.fetch(
+        "SELECT id, extract(epoch FROM finished_at - started_at) AS ago FROM tasks "
+        "WHERE id = ANY($1)",
+        [row["id"] for row in ahead],
+    )
+    ago = {row["id"]: float(row["ago"]) for row in rows}
+    assert 0.75 <= ago[ahead[0]["id"]] <= 1.3
+    assert 0.25 <= ago[ahead[1]["id"]] <= 0.8
+    assert ago[ahead[0]["id"]] > ago[ahead[1]["id"]]
+
+
 async def test_burst_worker_claims_by_priority_and_exits_when_idle(
     store: Store, no_broker: Settings, user_id: int
 ) -> None:
