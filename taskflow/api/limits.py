@@ -2,7 +2,7 @@
 use now, so a client can slow down before it meets a 429 or a 413.
 
 Each limit is the caller's own where an operator set one (``user_limits``),
-else the default of config.json; a limit of 0 in either means none, and is
+else the default of the settings file; a limit of 0 in either means none, and is
 shown as ``"limit": null`` (and ``"remaining": null``). The use is counted
 as the limit counts it when it is enforced (taskflow.store.limits); the file
 area's is measured on disk, on the file I/O threads.
@@ -49,7 +49,7 @@ class LimitUse(BaseModel):
 
 
 class Limits(BaseModel):
-    """Each limit under its config.json key, as a 429's ``limit`` names it."""
+    """Each limit under its settings key, as a 429's ``limit`` names it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -90,7 +90,7 @@ class LimitsResponse(BaseModel):
 
 def _limit(override: int | None, default: int) -> int | None:
     # The one rule of every limit, the file quota's among them: the user's
-    # own (user_limits), else the default (config.json); 0 in either: none.
+    # own (user_limits), else the default (the settings file); 0 in either: none.
     return effective_quota(override, default)
 
 

@@ -39,7 +39,8 @@ them (woken through RabbitMQ, or Postgres alone), a scheduler runs postponed
 tasks and retries. These commands run those services, prepare the database,
 and let an operator inspect and repair tasks.
 
-Settings come from config.json (or TASKFLOW_CONFIG), the environment and .env:
+Settings come from the JSON settings file at the repository's root (or the
+one TASKFLOW_CONFIG names), the environment and .env:
 DATABASE_URL or POSTGRES_USER/PASSWORD/HOST/PORT/DB; AMQP_URL or AMQP_* to use
 RabbitMQ; SECRET_KEY for the API. `taskflow COMMAND --help` shows a command's
 options."""

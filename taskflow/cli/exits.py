@@ -10,7 +10,7 @@ Exit codes (``taskflow --help`` prints this table, ``EXIT_CODES_HELP``)::
      `pause` found the type paused already, `resume` found it not paused
   2  usage error: a bad command line (argparse's own code), `pause` of an
      unknown task type, or `bench` outside a source checkout
-  3  configuration error: invalid config.json, environment or .env, or a
+  3  configuration error: invalid settings file, environment or .env, or a
      database without TaskFlow's schema (run `taskflow migrate`)
   4  database unavailable: Postgres refused or did not answer (wrong host
      or port, unknown role, wrong password, missing database)
@@ -51,7 +51,7 @@ EXIT_CODES_HELP = """\
      `pause` found the type paused already, `resume` found it not paused
   2  usage error: a bad command line (argparse's own code), `pause` of an
      unknown task type, or `bench` outside a source checkout
-  3  configuration error: invalid config.json, environment or .env, or a
+  3  configuration error: invalid settings file, environment or .env, or a
      database without TaskFlow's schema (run `taskflow migrate`)
   4  database unavailable: Postgres refused or did not answer (wrong host
      or port, unknown role, wrong password, missing database)

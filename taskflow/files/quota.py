@@ -36,7 +36,7 @@ _UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB")
 def effective_quota(override: int | None, default: int) -> int | None:
     """A user's quota in bytes, None for no limit: their own
     (``user_limits.files_max_bytes``) where an operator set one, else the
-    default (config.json); 0 in either means no limit."""
+    default (the settings file); 0 in either means no limit."""
     quota = default if override is None else override
     return quota or None
 

@@ -14,7 +14,7 @@ from taskflow.store.pool import Queries, Record
 
 @dataclass(frozen=True, slots=True)
 class FairLimits:
-    """The defaults of SPEC §8 that the pick applies (config.json), for users
+    """The defaults of SPEC §8 that the pick applies (the settings file), for users
     without a user_limits row. 0 means no limit."""
 
     user_max_running: int = 0

@@ -100,7 +100,7 @@ ON CONFLICT DO NOTHING
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """The creation limits' defaults (SPEC §8, config.json) for users without
+    """The creation limits' defaults (SPEC §8, the settings file) for users without
     a user_limits row. 0 means no limit."""
 
     max_active_tasks: int = 0
