@@ -26,6 +26,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from taskflow.batching import Batcher
+from taskflow.config import DEFAULT_IDS_PER_MESSAGE, MAX_IDS_PER_MESSAGE
 from taskflow.metrics import PUBLISH_FAILURES
 from taskflow.waiting import wait_any, wait_event
 
@@ -34,9 +35,6 @@ log = logging.getLogger(__name__)
 # Called with the task ids of a delivery and a function that acks it.
 Delivery = Callable[[list[UUID], Callable[[], Awaitable[None]]], Awaitable[None]]
 
-DEFAULT_IDS_PER_MESSAGE = 128  # config.py's ids_per_message
-# A message with more lines than this is not one of ours.
-MAX_IDS_PER_MESSAGE = 1000
 
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,

@@ -27,6 +27,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PositiveSeconds = Annotated[float, Field(gt=0, le=86400 * 7)]
 
 
+# Task ids per RabbitMQ message: the default, and the most a message of
+# TaskFlow's holds (taskflow/broker.py refuses a longer one as not its own).
+DEFAULT_IDS_PER_MESSAGE = 128
+MAX_IDS_PER_MESSAGE = 1000
+
+
 class Tunables(BaseModel):
     """The keys the settings file may hold. Unknown keys are an error."""
 
@@ -63,7 +69,7 @@ class Tunables(BaseModel):
     # (one publish, one delivery, one ack). A worker claims what its slots can
     # take; the rest stay queued in Postgres, and an idle worker takes them
     # if this one has not claimed them soon (Intake._balance).
-    ids_per_message: Annotated[int, Field(ge=1, le=1000)] = 128
+    ids_per_message: Annotated[int, Field(ge=1, le=MAX_IDS_PER_MESSAGE)] = DEFAULT_IDS_PER_MESSAGE
     # Claim ahead of free slots what they would start within this time; 0: never.
     worker_claim_ahead_ms: Annotated[int, Field(ge=0, le=60_000)] = 10
     max_lease_crashes: Annotated[int, Field(ge=1, le=100)] = 3

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from taskflow.broker import MAX_IDS_PER_MESSAGE, Broker, decode_ids, encode_ids
+from taskflow.broker import Broker, decode_ids, encode_ids
+from taskflow.config import MAX_IDS_PER_MESSAGE
 from taskflow.handlers import build_registry
 from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore
