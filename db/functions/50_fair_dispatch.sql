@@ -31,6 +31,13 @@ LANGUAGE sql STABLE AS $$
     ORDER BY t.user_id LIMIT 1
 $$;
 
+-- The next user after `after` with a queued task, wrapping around to the
+-- first; NULL when nobody has one.
+CREATE OR REPLACE FUNCTION taskflow_next_queued_user(after bigint) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(taskflow_queued_user_in(after, NULL), taskflow_queued_user_in(NULL, NULL))
+$$;
+
 -- Up to `wanted` queued tasks, fairly chosen, none of them already on its way
 -- to a worker; each goes into dispatched_tasks as it is picked, so what is
 -- counted against the caps includes this pick's own. Callers hold
@@ -80,8 +87,7 @@ BEGIN
     SELECT s.last_user_id INTO start_after FROM dispatch_state s;
     -- The first user to visit: the next after where the last pick stopped.
     -- Nobody: an empty pick (every worker that hears of a task looks) ends here.
-    current_user_id := coalesce(taskflow_queued_user_in(start_after, NULL),
-                                taskflow_queued_user_in(NULL, NULL));
+    current_user_id := taskflow_next_queued_user(start_after);
     IF current_user_id IS NULL THEN
         RETURN;
     END IF;
@@ -107,8 +113,7 @@ BEGIN
         IF first_user IS NOT NULL THEN
             EXIT WHEN sole_user;
             -- The next user, wrapping around.
-            current_user_id := coalesce(taskflow_queued_user_in(current_user_id, NULL),
-                                        taskflow_queued_user_in(NULL, NULL));
+            current_user_id := taskflow_next_queued_user(current_user_id);
             EXIT WHEN current_user_id IS NULL;  -- nothing is queued
         END IF;
         IF current_user_id = first_user THEN
