@@ -3,13 +3,17 @@
 
 -- What an attempt that ended in error leaves its task as: failed when the error
 -- is permanent or the task is out of retries (it runs at most 1 + max_retries
--- times), retrying otherwise. Inlined by the planner where it is called.
+-- times), retrying otherwise. Inlined by the planner where it is called: each
+-- label is cast on its own, so the body is constants the planner may fold. (A
+-- cast of the CASE's text to the enum runs enum_in, which is only stable: the
+-- planner would not inline the function into the claims and finishes, and
+-- every statement calling it set up a function call, ~20 us, plus ~1 us a row.)
 CREATE OR REPLACE FUNCTION taskflow_attempt_status(
     attempts integer, max_retries integer, permanent boolean
 ) RETURNS task_status
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN permanent OR attempts > max_retries
-                THEN 'failed' ELSE 'retrying' END::task_status
+                THEN 'failed'::task_status ELSE 'retrying'::task_status END
 $$;
 COMMENT ON FUNCTION taskflow_attempt_status(integer, integer, boolean) IS
     'The retry rule: failed when permanent or attempts > max_retries, else retrying.';

@@ -178,6 +178,30 @@ async def test_deleting_a_task_deletes_its_history(db: asyncpg.Connection) -> No
     assert await db.fetchval("SELECT count(*) FROM task_history WHERE task_id = $1", task_id) == 0
 
 
+# The rules the claims, finishes and inserts evaluate once a row: each must be
+# inlined into the statement (its body in the plan, not a call), or every
+# statement sets up a function call and every row pays one.
+INLINED_RULES = {
+    "taskflow_attempt_status(i, 3, false)": "CASE WHEN",
+    "taskflow_initial_status(now() + make_interval(secs => i), false)": "CASE WHEN",
+    "taskflow_event_name(NULL, 'queued')": "'created'",
+    "taskflow_backoff_seconds(i, 100, 1000)": "random()",
+    "taskflow_actor()": "current_setting",
+    "taskflow_notify_queued_enabled()": "current_setting",
+}
+
+
+@pytest.mark.parametrize("call", sorted(INLINED_RULES))
+async def test_per_row_rules_are_inlined(db: asyncpg.Connection, call: str) -> None:
+    plan = "\n".join(
+        row[0]
+        for row in await db.fetch(f"EXPLAIN VERBOSE SELECT {call} FROM generate_series(1, 3) i")
+    )
+    name = call.split("(", 1)[0]
+    assert name not in plan, plan
+    assert INLINED_RULES[call] in plan, plan
+
+
 async def test_migrations_apply_to_an_empty_database_twice_in_parallel() -> None:
     name = f"taskflow_migrate_{uuid.uuid4().hex[:8]}"
     await _admin(f'CREATE DATABASE "{name}"')
