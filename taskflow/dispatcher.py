@@ -13,7 +13,8 @@ advisory lock, so they take turns.
 The window holds what the workers are expected to start within
 ``dispatch_window_ms`` at the rate they have been claiming lately, and never
 less than their slots, so no slot waits for the dispatcher. A round runs when
-tasks become queued (NOTIFY taskflow_queued), when a worker joins or leaves
+tasks become queued (NOTIFY taskflow_queued, heard while any worker is
+alive), when a worker joins or leaves
 (NOTIFY taskflow_workers: the slots to fill changed), every quarter window
 while a backlog remains, and every second regardless.
 
@@ -69,6 +70,7 @@ class Dispatcher:
         self._slots_read_at = 0.0
         self._redispatch_at = 0.0
         self.dispatched = 0
+        self.rounds = 0
 
     def _on_notify(self, channel: str, _payload: str) -> None:
         if channel == WORKERS_CHANNEL:
@@ -87,6 +89,7 @@ class Dispatcher:
                 self._wake.clear()
                 if stop.is_set():
                     break
+                self.rounds += 1
                 try:
                     wait = await self.round()
                 except DATABASE_ERRORS as exc:
@@ -120,8 +123,13 @@ class Dispatcher:
             # the next workers, sized by a rate the last ones had, and
             # anyone's new task behind them. The next workers claim from
             # the pick themselves at start; the window grows from there.
+            # Until a worker joins (NOTIFY taskflow_workers), a task becoming
+            # queued changes nothing here: stop hearing of each one, which
+            # would wake this process at every producer's commit.
             self._claim_rate = 0.0
+            await self.listener.set_listening(QUEUED_CHANNEL, False)
             return IDLE_SECONDS
+        await self.listener.set_listening(QUEUED_CHANNEL, True)
         in_window = await self.store.count_dispatched()
         self._observe_claims(in_window, now)
         room = self.window() - in_window

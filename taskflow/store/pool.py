@@ -15,6 +15,7 @@ got there first. History rows are written by the triggers of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self, TypeAlias
@@ -217,6 +218,9 @@ class Listener:
         self._connection: asyncpg.Connection | None = None
         self.connected = asyncio.Event()
         self.lost = asyncio.Event()
+        self._muted: set[str] = set()
+        self._heard: set[str] = set()  # LISTENed on in the current session
+        self._tuning = asyncio.Lock()
 
     def on_notify(self, callback: NotifyCallback) -> None:
         self.callback = callback
@@ -232,8 +236,9 @@ class Listener:
                 self.lost.clear()
                 self._connection.add_termination_listener(lambda _c: self.lost.set())
                 await self.prepare_session(self._connection)
+                self._heard.clear()
                 for channel in self.channels:
-                    await self._connection.add_listener(channel, self._on_notify)
+                    await self._tune(channel)
                 self.connected.set()
                 self.callback("connected", "")
                 delay = 0.1
@@ -260,6 +265,33 @@ class Listener:
                 delay = min(delay * 2, 5)
                 # Anything may have happened while we were deaf: let the owner look.
                 self.callback("reconnected", "")
+
+    async def set_listening(self, channel: str, listening: bool) -> None:
+        """Stop hearing one of the channels, or hear it again, until told
+        otherwise (reconnects keep it). A notification nobody acts on is not
+        free: every commit that sends one wakes this session and this process."""
+        if channel not in self.channels:
+            raise ValueError(f"{channel!r} is not one of this listener's channels")
+        if listening:
+            self._muted.discard(channel)
+        else:
+            self._muted.add(channel)
+        # An error means the session is ending; the next one starts as asked.
+        with contextlib.suppress(*DATABASE_ERRORS):
+            await self._tune(channel)
+
+    async def _tune(self, channel: str) -> None:
+        async with self._tuning:
+            connection = self._connection
+            wanted = channel not in self._muted
+            if connection is None or wanted == (channel in self._heard):
+                return
+            if wanted:
+                await connection.add_listener(channel, self._on_notify)
+                self._heard.add(channel)
+            else:
+                await connection.remove_listener(channel, self._on_notify)
+                self._heard.discard(channel)
 
     def _on_notify(self, _connection: Any, _pid: int, channel: str, payload: object, /) -> None:
         self.callback(channel, str(payload))

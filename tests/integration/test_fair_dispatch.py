@@ -278,3 +278,41 @@ async def test_a_worker_that_joins_gets_ids_at_once_not_at_the_next_look(
 
         await wait_until(sent, timeout=15, what="ids sent for the joining worker")
     assert len(await published_ids(queue_name)) > 0
+
+
+async def test_with_no_worker_alive_new_tasks_do_not_wake_the_dispatcher(
+    store: Store, database: str, queue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every producer's commit NOTIFYs; while no worker is alive there is
+    nothing to dispatch, so the dispatcher stops hearing of each task (it
+    cost every one-at-a-time create a wake-up of the scheduler's session and
+    process), and hears again once a worker joins."""
+    monkeypatch.setattr(dispatcher, "IDLE_SECONDS", 60.0)
+    monkeypatch.setattr(dispatcher, "SLOTS_REFRESH_SECONDS", 60.0)
+    settings = make_settings(database, queue=queue_name, files=tmp_path / "files")
+    user_id = await new_user(store)
+    async with running_scheduler(settings) as scheduler:
+        assert scheduler.dispatcher is not None
+        await asyncio.sleep(0.5)  # its first round saw no worker
+        rounds = scheduler.dispatcher.rounds
+        for task in _sleepers(20, 0):
+            await store.insert_task(user_id, task)
+        await asyncio.sleep(0.5)
+        assert scheduler.dispatcher.rounds == rounds
+
+        await store.register_worker("joining", "host", 4, queue_name, liveness_key=None)
+
+        async def sent() -> bool:
+            assert scheduler.dispatcher is not None
+            return scheduler.dispatcher.dispatched > 0
+
+        await wait_until(sent, timeout=15, what="ids sent for the joining worker")
+        rounds = scheduler.dispatcher.rounds
+        for task in _sleepers(3, 0):
+            await store.insert_task(user_id, task)
+
+        async def woken() -> bool:
+            assert scheduler.dispatcher is not None
+            return scheduler.dispatcher.rounds > rounds
+
+        await wait_until(woken, timeout=5, what="a round for a task queued with a worker alive")
