@@ -105,3 +105,28 @@ async def test_an_empty_pick_and_a_repeated_user_rewrite_nothing(store: Store) -
     assert await store.dispatch(8, FairLimits()) == []
     # The same user each time: the round-robin position stays, unwritten.
     assert await store.pool.fetchval("SELECT xmin::text FROM dispatch_state") == version
+
+
+async def test_the_email_rate_does_not_walk_the_windows_dead_entries(store: Store) -> None:
+    """Every visit counts the user's emails on their way to a worker. The
+    window churns at the drain's rate; 5,000 of the user's other tasks that
+    went through it leave dead entries until vacuum, and the count read them
+    all (49 heap blocks here) instead of probing the email-only index."""
+    user = await _user(store)
+    await store.pool.execute(
+        "INSERT INTO dispatched_tasks (task_id, user_id, type) "
+        "SELECT gen_random_uuid(), $1, 'test_noop' FROM generate_series(1, 5000)",
+        user,
+    )
+    await store.pool.execute("DELETE FROM dispatched_tasks")
+    [task_id] = await _queue(store, user, 1)
+    fetched = """
+        SELECT coalesce(sum(pg_stat_get_xact_blocks_fetched(c.oid)), 0)
+        FROM pg_class c WHERE c.relname = 'dispatched_tasks'
+    """
+    async with store.pool.acquire() as connection, connection.transaction():
+        before = await connection.fetchval(fetched)
+        rows = await connection.fetch("SELECT * FROM taskflow_dispatch(1, 0, '{}'::jsonb, 30)")
+        after = await connection.fetchval(fetched)
+    assert [row["id"] for row in rows] == [task_id]
+    assert after - before < 10
