@@ -140,6 +140,26 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
             raise RuntimeError("RabbitMQ is unreachable")
         self.enqueuer = Enqueuer(self.store, _registry(None))
         self.scheduler = await asyncio.to_thread(_start_scheduler, self.pg_db)
+        await self._scheduler_ready()
+
+    async def _scheduler_ready(self, timeout: float = 30.0) -> None:
+        """Untimed, like the rest of setup: the scheduler runs in a deployment
+        before anything is enqueued, so its start (imports, connections: most
+        of a second of CPU on this box) must not overlap the timed phases.
+        Ready: its dispatcher is listening, and had time for its first round."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if self.scheduler.poll() is not None:
+                raise RuntimeError(f"the scheduler exited at start ({self.scheduler.returncode})")
+            listening = await self.store.pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'taskflow-dispatcher'"
+            )
+            if listening:
+                await asyncio.sleep(0.5)
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"the scheduler was not ready within {timeout:g}s")
 
     async def enqueue_bulk(self, seqs: list[int]) -> None:
         from taskflow.models import TaskCreate
