@@ -18,6 +18,23 @@ from taskflow.store.operators import OperatorStore
 from taskflow.store.pool import Database, Record
 from taskflow.store.tasks import TaskStore
 
+# Back to no task_history partition but the default, as before any retention
+# round: migrating a database makes today's and two days ahead.
+DROP_HISTORY_PARTITIONS = """
+DO $$
+DECLARE
+    part regclass;
+BEGIN
+    FOR part IN SELECT i.inhrelid::regclass FROM pg_inherits i
+                WHERE i.inhparent = 'task_history'::regclass
+                  AND i.inhrelid <> 'task_history_default'::regclass
+    LOOP
+        EXECUTE format('DROP TABLE %s', part);
+    END LOOP;
+END
+$$
+"""
+
 
 class Store(
     Database,

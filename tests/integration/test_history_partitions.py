@@ -17,7 +17,7 @@ from taskflow.store.engine import history_partition_days
 from taskflow.store.migrations import apply_migrations, migrations_directory
 from taskflow.store.pool import connect
 from tests.conftest import _admin, dsn_for, make_settings
-from tests.stores import Store
+from tests.stores import DROP_HISTORY_PARTITIONS, Store
 
 PARTITIONING = "0015_history_partitioned_by_time"
 UPKEEP = """
@@ -55,14 +55,6 @@ async def rows_by_partition(connection: asyncpg.Connection) -> dict[str, int]:
         "SELECT tableoid::regclass::text AS part, count(*) AS n FROM task_history GROUP BY 1"
     )
     return {row["part"]: row["n"] for row in rows}
-
-
-async def drop_partitions(connection: asyncpg.Connection) -> None:
-    """Back to no partition but the default, as before any retention round
-    (migrating creates the first ones)."""
-    for name in await partitions(connection):
-        if name != "task_history_default":
-            await connection.execute(f'DROP TABLE "{name}"')
 
 
 @pytest.fixture
@@ -151,7 +143,7 @@ async def test_a_new_database_writes_its_first_history_into_a_partition(
 
 
 async def test_upkeep_creates_partitions_ahead(db: asyncpg.Connection, user_id: int) -> None:
-    await drop_partitions(db)
+    await db.execute(DROP_HISTORY_PARTITIONS)
     now = await db.fetchval("SELECT now()")
     upkeep = await db.fetchrow(UPKEEP, "30 days", "1 day", "2 days", 1000, now)
     assert tuple(upkeep) == (0, 0, 3)  # today, and two days ahead
@@ -168,7 +160,7 @@ async def test_a_range_with_rows_waiting_in_the_default_gets_no_partition(
 ) -> None:
     """Rows written while no scheduler ran stay in the default (moving them
     would hold the exclusive lock for the copy); partitions go on after them."""
-    await drop_partitions(db)
+    await db.execute(DROP_HISTORY_PARTITIONS)
     await insert_tasks(db, user_id, 20)
     now = await db.fetchval("SELECT now()")
     upkeep = await db.fetchrow(UPKEEP, "30 days", "1 day", "2 days", 1000, now)

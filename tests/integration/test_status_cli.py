@@ -29,7 +29,7 @@ from tests.integration.ops_helpers import (
     subprocess_env,
     write_config,
 )
-from tests.stores import Store, claim
+from tests.stores import DROP_HISTORY_PARTITIONS, Store, claim
 
 
 @dataclass
@@ -491,22 +491,6 @@ async def test_status_lists_paused_types_and_check_fails_while_one_is(
     resumed = (await cli("status", "--json")).json()
     assert resumed["paused_types"] == []
     assert not any("paused" in w for w in resumed["warnings"])
-
-
-DROP_HISTORY_PARTITIONS = """
-DO $$
-DECLARE
-    part regclass;
-BEGIN
-    FOR part IN SELECT i.inhrelid::regclass FROM pg_inherits i
-                WHERE i.inhparent = 'task_history'::regclass
-                  AND i.inhrelid <> 'task_history_default'::regclass
-    LOOP
-        EXECUTE format('DROP TABLE %s', part);
-    END LOOP;
-END
-$$
-"""
 
 
 async def test_status_warns_while_history_retention_does_not_run(store: Store, cli: Any) -> None:
