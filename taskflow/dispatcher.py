@@ -40,6 +40,8 @@ from taskflow.waiting import wait_any
 log = logging.getLogger(__name__)
 
 QUEUED_CHANNEL = "taskflow_queued"
+# The dispatcher's listening session, as pg_stat_activity names it.
+LISTENER_NAME = "taskflow-dispatcher"
 IDLE_SECONDS = 1.0
 # Never wider: a window of ids waiting in RabbitMQ is a window of unfairness.
 MAX_WINDOW = 20_000

@@ -20,7 +20,7 @@ from taskflow.api.revocations import Revocations
 from taskflow.auth import PasswordHashing
 from taskflow.broker import Broker
 from taskflow.config import Settings
-from taskflow.dispatcher import QUEUED_CHANNEL, Dispatcher
+from taskflow.dispatcher import LISTENER_NAME, QUEUED_CHANNEL, Dispatcher
 from taskflow.enqueue import Enqueuer
 from taskflow.handlers import Registry
 from taskflow.scheduler import Scheduler
@@ -122,9 +122,7 @@ async def scheduler_runtime(settings: Settings) -> AsyncIterator[Scheduler]:
                 settings,
                 DispatchStore(database.pool),
                 broker,
-                Listener(
-                    _dsn(settings), [QUEUED_CHANNEL, WORKERS_CHANNEL], name="taskflow-dispatcher"
-                ),
+                Listener(_dsn(settings), [QUEUED_CHANNEL, WORKERS_CHANNEL], name=LISTENER_NAME),
             )
         yield Scheduler(
             settings,

@@ -147,13 +147,16 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
         before anything is enqueued, so its start (imports, connections: most
         of a second of CPU on this box) must not overlap the timed phases.
         Ready: its dispatcher is listening, and had time for its first round."""
+        from taskflow.dispatcher import LISTENER_NAME
+
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
             if self.scheduler.poll() is not None:
                 raise RuntimeError(f"the scheduler exited at start ({self.scheduler.returncode})")
             listening = await self.store.pool.fetchval(
                 "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = 'taskflow-dispatcher'"
+                "WHERE datname = current_database() AND application_name = $1",
+                LISTENER_NAME,
             )
             if listening:
                 await asyncio.sleep(0.5)

@@ -272,6 +272,8 @@ class Listener:
         free: every commit that sends one wakes this session and this process."""
         if channel not in self.channels:
             raise ValueError(f"{channel!r} is not one of this listener's channels")
+        if listening == (channel not in self._muted):
+            return  # as asked already; each new session starts that way
         if listening:
             self._muted.discard(channel)
         else:
