@@ -1,8 +1,8 @@
 -- The engine's trigger functions: history rows for every creation, change of
 -- status and deletion of a task, in the same transaction as the change, for
--- every writer including a person in psql; the transition check; and the
--- NOTIFY doorbells. The triggers that call them are declared in
--- db/migrations (0001, 0003); the functions live here, re-applied by
+-- every writer including a person in psql; the transition check; the owner
+-- rule; and the NOTIFY doorbells. The triggers that call them are declared in
+-- db/migrations (0001, 0003, 0017); the functions live here, re-applied by
 -- `taskflow migrate` whenever this file changes.
 --
 -- A writer may name the event and the actor for its transaction with
@@ -42,9 +42,28 @@ CREATE OR REPLACE FUNCTION taskflow_notify_queued_enabled() RETURNS boolean LANG
     SELECT coalesce(nullif(current_setting('taskflow.notify_queued', true), ''), 'on') <> 'off'
 $$;
 
+-- A task belongs to a user who exists (db/migrations/0017): checked once per
+-- statement, where a foreign key would look the same user up and lock it
+-- again for every row. The owner is held FOR KEY SHARE, as the key would hold
+-- it, so a user deleted meanwhile waits for this insert and then takes its
+-- tasks along (taskflow_users_deleted); an insert that waited for a deletion
+-- finds the user gone and fails with the key's SQLSTATE.
 CREATE OR REPLACE FUNCTION taskflow_tasks_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    orphan bigint;
 BEGIN
+    SELECT o.user_id INTO orphan
+    FROM (SELECT DISTINCT n.user_id FROM new_rows n) AS o
+    LEFT JOIN LATERAL (SELECT u.id FROM users u WHERE u.id = o.user_id FOR KEY SHARE) AS held
+           ON true
+    WHERE held.id IS NULL
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'insert on table "tasks" violates its owner rule'
+            USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'tasks_owner_exists',
+                  DETAIL = format('Key (user_id)=(%s) is not present in table "users".', orphan);
+    END IF;
     INSERT INTO task_history (task_id, at, event, from_status, to_status, attempt, actor)
     SELECT n.id, n.created_at, 'created', NULL, n.status, n.attempts, taskflow_actor()
     FROM new_rows n;
@@ -54,6 +73,26 @@ BEGIN
         END IF;
     END IF;
     RETURN NULL;
+END
+$$;
+
+-- The rest of the owner rule: deleting users deletes their tasks, in the
+-- same statement; neither a task's owner nor a user's id ever changes.
+CREATE OR REPLACE FUNCTION taskflow_users_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM tasks t USING old_rows o WHERE t.user_id = o.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION taskflow_refuse_owner_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- TG_ARGV[0]: the column that names the owner.
+    RAISE EXCEPTION 'update on table "%" changes %: % -> %', TG_TABLE_NAME, TG_ARGV[0],
+        to_jsonb(OLD) ->> TG_ARGV[0], to_jsonb(NEW) ->> TG_ARGV[0]
+        USING ERRCODE = 'foreign_key_violation', CONSTRAINT = TG_NAME;
 END
 $$;
 
