@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -26,15 +27,16 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 from pydantic import ValidationError
 
 from taskflow.batching import Batcher
 from taskflow.dependencies import resolve
 from taskflow.errors import ValidationFailed
-from taskflow.handlers import Registry
+from taskflow.handlers import Registry, TaskType
 from taskflow.metrics import TASKS_CREATED
 from taskflow.models import TaskCreate, describe_validation_error
-from taskflow.store.pool import DATABASE_ERRORS, Record
+from taskflow.store.pool import DATABASE_ERRORS, JsonText, Record
 from taskflow.store.tasks import UNLIMITED, Admission, NewTask, TaskStore
 
 log = logging.getLogger(__name__)
@@ -44,28 +46,47 @@ _RANDOM_BITS = 74  # rand_a (12) and rand_b (62) of RFC 9562
 _last_millis, _last_random = 0, 0
 
 
-def new_task_id() -> UUID:
-    """A UUIDv7: time-ordered, so new rows land at the right edge of the
+def new_task_ids(count: int) -> list[UUID]:
+    """UUIDv7s: time-ordered, so new rows land at the right edge of the
     primary key index instead of on random pages. Within one process each id
     is greater than the one before, even in the same millisecond (RFC 9562's
-    monotonic random), so the items of a batch sort in their order."""
+    monotonic random), so the items of a batch sort in their order.
+
+    One read of the random source for the whole batch, and asyncpg's own UUID
+    type (a uuid.UUID, the type rows come back with): uuid.UUID(int=...)
+    alone took 1.4 us of the 2.4 an id cost, in a bulk create's ~30 us a task.
+    """
     global _last_millis, _last_random
     millis = time.time_ns() // 1_000_000
-    random = int.from_bytes(os.urandom(10), "big") >> (80 - _RANDOM_BITS)
-    if millis <= _last_millis:
-        millis = _last_millis
-        if random <= _last_random:
-            random = _last_random + 1
-            if random >> _RANDOM_BITS:  # 2^74 ids in one millisecond: borrow the next
-                millis, random = millis + 1, 0
-    _last_millis, _last_random = millis, random
-    return UUID(
-        int=(millis & ((1 << 48) - 1)) << 80
-        | 0x7 << 76  # version 7
-        | (random >> 62) << 64  # rand_a
-        | 0x2 << 62  # RFC 4122 variant
-        | (random & ((1 << 62) - 1))  # rand_b
-    )
+    entropy = os.urandom(10 * count)
+    ids: list[UUID] = []
+    for start in range(0, 10 * count, 10):
+        random = int.from_bytes(entropy[start : start + 10], "big") >> (80 - _RANDOM_BITS)
+        if millis <= _last_millis:
+            millis = _last_millis
+            if random <= _last_random:
+                random = _last_random + 1
+                if random >> _RANDOM_BITS:  # 2^74 ids in one millisecond: borrow the next
+                    millis, random = millis + 1, 0
+        _last_millis, _last_random = millis, random
+        value = (
+            (millis & ((1 << 48) - 1)) << 80
+            | 0x7 << 76  # version 7
+            | (random >> 62) << 64  # rand_a
+            | 0x2 << 62  # RFC 4122 variant
+            | (random & ((1 << 62) - 1))  # rand_b
+        )
+        ids.append(PgUUID(value.to_bytes(16, "big")))
+    return ids
+
+
+def new_task_id() -> UUID:
+    """One UUIDv7 (see new_task_ids)."""
+    return new_task_ids(1)[0]
+
+
+def _path(prefix: str, field: str) -> str:
+    return f"{prefix}.{field}" if prefix else field
 
 
 def check_run_at(run_at: datetime | None, field: str = "run_at") -> None:
@@ -141,46 +162,57 @@ class Enqueuer:
         if self._inserter is not None:
             self._inserter.fail_pending(ConnectionError("the enqueuer was closed"))
 
-    def validate(self, request: TaskCreate, *, prefix: str = "") -> NewTask:
-        """Check the type, payload and run_at; raise ValidationFailed with field paths."""
-        dot = f"{prefix}." if prefix else ""
+    def validate(
+        self, request: TaskCreate, *, prefix: str = "", task_id: UUID | None = None
+    ) -> NewTask:
+        """Check the type, payload and run_at; raise ValidationFailed with field
+        paths (under ``prefix``, e.g. ``tasks[3]``)."""
         task_type = self.registry.get(request.type)
         if task_type is None:
             raise ValidationFailed(
                 f"unknown task type {request.type!r}",
                 details=[
                     {
-                        "field": f"{dot}type",
+                        "field": _path(prefix, "type"),
                         "message": "must be one of: " + ", ".join(self.registry.names()),
                     }
                 ],
             )
-        payload = self.validate_payload(request.type, request.payload, prefix=f"{dot}payload")
-        check_run_at(request.run_at, f"{dot}run_at")
-        if (
-            self.reject_past_run_at
-            and request.run_at is not None
-            and request.run_at < datetime.now(UTC)
-        ):
-            raise ValidationFailed(
-                "run_at is in the past",
-                details=[{"field": f"{dot}run_at", "message": "must not be in the past"}],
-            )
+        payload = self.payload_json(task_type, request.payload, prefix=_path(prefix, "payload"))
+        run_at = request.run_at
+        if run_at is not None:
+            check_run_at(run_at, _path(prefix, "run_at"))
+            if self.reject_past_run_at and run_at < datetime.now(UTC):
+                raise ValidationFailed(
+                    "run_at is in the past",
+                    details=[
+                        {"field": _path(prefix, "run_at"), "message": "must not be in the past"}
+                    ],
+                )
         return NewTask(
-            id=new_task_id(),
+            id=new_task_id() if task_id is None else task_id,
             type=request.type,
             payload=payload,
             priority=request.priority,
             max_retries=request.max_retries,
-            run_at=request.run_at,
+            run_at=run_at,
         )
 
     def validate_payload(
         self, type_name: str, payload: dict[str, Any], *, prefix: str = "payload"
     ) -> dict[str, Any]:
+        """The payload as its type's model normalises it (see payload_json)."""
         task_type = self.registry.get(type_name)
         if task_type is None:
             raise ValidationFailed(f"task type {type_name!r} is not registered here")
+        normalised: dict[str, Any] = orjson.loads(
+            self.payload_json(task_type, payload, prefix=prefix)
+        )
+        return normalised
+
+    @staticmethod
+    def payload_json(task_type: TaskType, payload: dict[str, Any], *, prefix: str) -> JsonText:
+        """The payload checked by its type's model, as the JSON text stored."""
         try:
             # Strict, in JSON mode: payloads arrive and are stored as JSON, so
             # "1" is not a number and 1 is not true (the seed's typed decoding
@@ -194,15 +226,20 @@ class Enqueuer:
             raise ValidationFailed(
                 "invalid payload", details=describe_validation_error(exc, prefix)
             ) from None
-        normalised: dict[str, Any] = model.model_dump(mode="json", exclude_unset=True)
-        nul_at = _find_nul(normalised, prefix)
-        if nul_at is not None:
-            # jsonb cannot hold U+0000: refuse it here as a 400, not a 500 at INSERT.
-            raise ValidationFailed(
-                "invalid payload",
-                details=[{"field": nul_at, "message": "must not contain NUL characters"}],
-            )
-        return normalised
+        # Written once here and sent to Postgres as it is: the bulk create
+        # used to build a dict and have the driver write it again.
+        text = model.model_dump_json(exclude_unset=True)
+        # JSON writes U+0000 as \u0000 only; the text may also hold an escaped
+        # backslash before "u0000", which the exact look below tells apart.
+        if "\\u0000" in text:
+            nul_at = _find_nul(orjson.loads(text), prefix)
+            if nul_at is not None:
+                # jsonb cannot hold U+0000: refuse it here as a 400, not a 500 at INSERT.
+                raise ValidationFailed(
+                    "invalid payload",
+                    details=[{"field": nul_at, "message": "must not contain NUL characters"}],
+                )
+        return JsonText(text)
 
     async def create(
         self, user_id: int, request: TaskCreate, *, idempotency_key: str | None = None
@@ -244,7 +281,11 @@ class Enqueuer:
 
     async def create_many(self, user_id: int, requests: Sequence[TaskCreate]) -> list[Record]:
         """All or nothing: every item is validated before anything is written."""
-        tasks = [self.validate(item, prefix=f"tasks[{i}]") for i, item in enumerate(requests)]
+        ids = new_task_ids(len(requests))
+        tasks = [
+            self.validate(item, prefix=f"tasks[{index}]", task_id=ids[index])
+            for index, item in enumerate(requests)
+        ]
         if any(item.depends_on for item in requests):
             resolved = resolve(
                 [item.depends_on for item in requests], [task.id for task in tasks], batch=True
@@ -253,6 +294,6 @@ class Enqueuer:
                 replace(task, depends_on=deps) for task, deps in zip(tasks, resolved, strict=True)
             ]
         rows = await self.store.insert_tasks(user_id, tasks, admission=self.admission)
-        for task in tasks:
-            TASKS_CREATED.labels(task.type).inc()
+        for type_name, count in Counter(task.type for task in tasks).items():
+            TASKS_CREATED.labels(type_name).inc(count)
         return rows

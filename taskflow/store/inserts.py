@@ -22,7 +22,7 @@ import asyncpg
 from taskflow.config import Settings
 from taskflow.errors import IdempotencyKeyReused, LimitExceeded, ValidationFailed
 from taskflow.models import TaskStatus
-from taskflow.store.pool import Connection, Queries, Record
+from taskflow.store.pool import Connection, JsonText, Queries, Record
 
 TASK_COLUMNS = """
     id, user_id, type, payload, status, priority, attempts, retries, max_retries,
@@ -133,7 +133,8 @@ def _refusal(exc: asyncpg.PostgresError) -> LimitExceeded | None:
 class NewTask:
     id: UUID
     type: str
-    payload: dict[str, Any]
+    # JsonText: as the Enqueuer's validation wrote it.
+    payload: dict[str, Any] | JsonText
     priority: int
     max_retries: int
     run_at: datetime | None

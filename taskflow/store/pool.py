@@ -58,7 +58,16 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class JsonText(str):
+    """JSON text already written (a task's payload, by its validation): sent to a
+    json or jsonb parameter as it is, instead of being parsed and written again."""
+
+    __slots__ = ()
+
+
 def _json_dumps(value: Any) -> str:
+    if type(value) is JsonText:
+        return value
     return orjson.dumps(value).decode()
 
 

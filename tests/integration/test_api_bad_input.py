@@ -423,6 +423,27 @@ async def test_nul_bytes_are_refused(client: Client, store: Store) -> None:
     assert await db_snapshot(store) == before
 
 
+async def test_text_that_only_spells_a_nul_escape_is_kept(client: Client, store: Store) -> None:
+    # A backslash followed by "u0000" is six ordinary characters; its JSON
+    # text holds "\\u0000", which a look for NUL's escape alone would refuse.
+    headers = await token_for(store)
+    spelled = {"to": "a@example.com", "subject": "\\u0000", "body": "a\\\\u0000b"}
+    single = await client.post(
+        "/api/tasks", headers=headers, json={"type": "send_email", "payload": spelled}
+    )
+    assert single.status_code == 201, await single.get_data()
+    batch = await client.post(
+        "/api/tasks/batch",
+        headers=headers,
+        json={"tasks": [{"type": "send_email", "payload": spelled, "run_at": FUTURE}]},
+    )
+    assert batch.status_code == 201, await batch.get_data()
+    for created in ((await single.get_json())["payload"], (await batch.get_json())[0]["payload"]):
+        assert created == spelled
+    stored = await store.pool.fetch("SELECT payload FROM tasks ORDER BY created_at")
+    assert [row["payload"] for row in stored] == [spelled, spelled]
+
+
 async def test_out_of_range_values(client: Client, store: Store) -> None:
     headers = await token_for(store)
     task = await create_task(client, headers, run_at=FUTURE)
