@@ -73,7 +73,7 @@ class Registry:
         self._types: dict[str, TaskType] = {}
 
     def register(self, task_type: TaskType) -> None:
-        if not TASK_TYPE_PATTERN.match(task_type.name):
+        if not TASK_TYPE_PATTERN.fullmatch(task_type.name):
             raise ConfigError(f"task type {task_type.name!r}: names are [a-z][a-z0-9_]{{0,63}}")
         existing = self._types.get(task_type.name)
         if existing is not None and existing != task_type:

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from taskflow.errors import ConfigError
-from taskflow.models import TERMINAL, TRANSITIONS, TaskStatus
+from taskflow.models import TASK_TYPE_PATTERN, TERMINAL, TRANSITIONS, TaskStatus
 from taskflow.store.migrations import SqlFile, apply_migrations, repeatable_files
 from taskflow.store.pool import connect
 from tests.conftest import _admin, dsn_for
@@ -156,6 +156,30 @@ async def test_bad_status_value_is_rejected(db: asyncpg.Connection) -> None:
     task_id = await insert_task(db, TaskStatus.QUEUED)
     with pytest.raises(asyncpg.InvalidTextRepresentationError):
         await db.execute("UPDATE tasks SET status = 'running' WHERE id = $1", task_id)
+
+
+TYPE_NAME_CHECKS = {
+    "tasks": "INSERT INTO tasks (id, user_id, type, payload, status)"
+    " VALUES (gen_random_uuid(), 1, $1, '{}', 'queued')",
+    "schedules": "INSERT INTO schedules (user_id, name, cron, type, payload)"
+    " VALUES (1, 'every minute', '* * * * *', $1, '{}')",
+    "paused_task_types": "INSERT INTO paused_task_types (type) VALUES ($1)",
+}
+
+
+@pytest.mark.parametrize("table", sorted(TYPE_NAME_CHECKS))
+async def test_type_names_are_checked_where_they_are_stored(
+    db: asyncpg.Connection, table: str
+) -> None:
+    # The rule is models.TASK_TYPE_PATTERN's, [a-z][a-z0-9_]{0,63}, matched whole.
+    insert = TYPE_NAME_CHECKS[table]
+    for good in ("a", "send_email", "a" + "b_9" * 21):
+        assert TASK_TYPE_PATTERN.fullmatch(good)
+        await db.execute(insert, good)
+    for bad in ("", "9a", "_a", "Send", "a-b", "a b", "é", "a\n", "a" * 65):
+        assert not TASK_TYPE_PATTERN.fullmatch(bad)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await db.execute(insert, bad)
 
 
 async def test_history_names_actor_and_event(db: asyncpg.Connection) -> None:

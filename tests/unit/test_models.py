@@ -128,3 +128,16 @@ def test_download_files_rules() -> None:
     ):
         with pytest.raises(ValidationError):
             DownloadFilesPayload.model_validate({"urls": bad})
+
+
+@pytest.mark.parametrize("name", ["", "9a", "Send", "a-b", "a\n", "a" * 65])
+def test_a_plugin_type_with_a_bad_name_is_refused_at_registration(name: str) -> None:
+    from taskflow.errors import ConfigError
+    from taskflow.handlers import Registry, TaskType
+
+    async def handler(payload: SendEmailPayload, ctx: object) -> None:
+        return None
+
+    with pytest.raises(ConfigError, match="names are"):
+        Registry().register(TaskType(name, SendEmailPayload, handler))
+    Registry().register(TaskType("a" * 64, SendEmailPayload, handler))
