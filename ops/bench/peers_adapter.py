@@ -105,12 +105,15 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
     pg_db = "bench_taskflow"
 
     def describe(self) -> str:
+        from taskflow.enqueue import INSERT_PART_SIZE
+
         ids_per_message = _settings(self.pg_db).ids_per_message
         return (
             f"{self.h.procs} procs x taskflow Worker(concurrency={self.h.slots}), uvloop, "
             f"RabbitMQ ids (up to {ids_per_message} per message, prefetch = slots messages), "
             "batched claim (with claim-ahead)/finish; producer: Enqueuer (one INSERT per "
-            "create, INSERT ... unnest per create_many chunk; nothing published: the "
+            "create; create_many_ids per chunk: INSERT ... unnest in parts of "
+            f"{INSERT_PART_SIZE}, one transaction; nothing published: the "
             "scheduler's dispatcher publishes a fair window)"
         )
 
@@ -167,7 +170,9 @@ class TaskFlowAdapter(peers.Adapter):  # type: ignore[misc]
     async def enqueue_bulk(self, seqs: list[int]) -> None:
         from taskflow.models import TaskCreate
 
-        await self.enqueuer.create_many(
+        # The ids, as PGQueuer's Queries.enqueue returns them: the rows are
+        # what the REST batch endpoint answers with, and no producer here reads them.
+        await self.enqueuer.create_many_ids(
             self.user_id, [TaskCreate(type=TASK_TYPE, payload={"seq": s}) for s in seqs]
         )
 
