@@ -50,9 +50,10 @@ SELECT {TASK_COLUMNS}, request_hash FROM tasks WHERE user_id = $1 AND idempotenc
 """
 
 
-def _insert_tasks(returning: str) -> str:
-    """A user's tasks in one statement, their rows in ``returning`` (of the
-    inserted CTE, which holds TASK_COLUMNS)."""
+def _insert_tasks(returning: str, selected: str) -> str:
+    """A user's tasks in one statement: the inserted rows' ``returning`` columns
+    (with type, which the admission check reads), of which ``selected`` is
+    sent back."""
     return f"""
 WITH inserted AS (
     INSERT INTO tasks (id, user_id, type, payload, status, priority, max_retries, run_at)
@@ -62,19 +63,19 @@ WITH inserted AS (
                 $7::timestamptz[], $10::boolean[])
          WITH ORDINALITY AS t(id, type, payload, priority, max_retries, run_at, blocked, position)
     ORDER BY t.position
-    RETURNING {TASK_COLUMNS}
+    RETURNING {returning}
 )
-SELECT {returning} FROM inserted
+SELECT {selected} FROM inserted
 WHERE (SELECT taskflow_admit($1, count(*)::integer,
                              (count(*) FILTER (WHERE i.type = 'send_email'))::integer, $8, $9)
        FROM inserted i)
 """
 
 
-INSERT_TASKS = _insert_tasks("inserted.*")
+INSERT_TASKS = _insert_tasks(TASK_COLUMNS, "inserted.*")
 # For a producer that needs only the new ids: the rows are not sent back and
 # decoded (3.4 - 7 us a task of a bulk create's ~25 on the caller's side).
-INSERT_TASK_IDS = _insert_tasks("inserted.id")
+INSERT_TASK_IDS = _insert_tasks("id, type", "inserted.id")
 # Single creates of many requests at once, in one statement (group commit).
 # Never with dependencies: those take locks first (insert_task).
 INSERT_TASKS_OF_USERS = f"""
