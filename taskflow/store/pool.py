@@ -19,9 +19,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self, TypeAlias
+from uuid import UUID
 
 import asyncpg
 import orjson
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from taskflow.errors import StoreUnavailable
 from taskflow.waiting import wait_any
@@ -56,6 +58,12 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
+
+
+def uuid_of_bytes(data: bytes) -> UUID:
+    """A UUID from its 16 bytes, as asyncpg's own type (a uuid.UUID, the type
+    rows come back with): five times quicker to make than uuid.UUID(bytes=)."""
+    return PgUUID(data)
 
 
 class JsonText(str):
