@@ -47,7 +47,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION taskflow_users_deleted() RETURNS trigger
+CREATE OR REPLACE FUNCTION taskflow_users_deleted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM tasks t USING old_rows o WHERE t.user_id = o.id;
@@ -55,7 +55,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION taskflow_refuse_owner_change() RETURNS trigger
+CREATE OR REPLACE FUNCTION taskflow_refuse_owner_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     -- TG_ARGV[0]: the column that names the owner.
