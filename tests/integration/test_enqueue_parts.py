@@ -4,13 +4,16 @@ still all or nothing, in order, whatever fails and wherever."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from taskflow.enqueue import INSERT_PART_SIZE, Enqueuer
 from taskflow.errors import LimitExceeded, ValidationFailed
 from taskflow.handlers import Registry
 from taskflow.models import TaskCreate
-from tests.conftest import new_user
+from taskflow.store.pool import connect
+from tests.conftest import new_user, wait_until
 from tests.stores import Store
 
 # Three parts, the last a short one.
@@ -72,6 +75,41 @@ async def test_a_limit_crossed_in_a_later_part_writes_nothing(
         await enqueuer.create_many(user_id, _requests())
     assert raised.value.limit == "user_max_active_tasks"
     await _nothing_written(store)
+
+
+async def test_a_create_cancelled_with_a_part_in_flight_writes_nothing(
+    database: str, store: Store, registry: Registry
+) -> None:
+    """A caller gone mid-create (a client that hung up): the part in flight is
+    given up, the transaction rolled back, and the pool stays usable."""
+    enqueuer = Enqueuer(store, registry)
+    user_id = await new_user(store)
+    holder = await connect(database)
+    try:
+        # The first part's owner check waits behind this lock.
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
+        creating = asyncio.create_task(enqueuer.create_many_ids(user_id, _requests()))
+        await wait_until(
+            lambda: _waiting_on_a_lock(store), timeout=10, what="the first part waiting"
+        )
+        creating.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await creating
+        await transaction.rollback()
+    finally:
+        await holder.close()
+    await _nothing_written(store)
+    assert len(await enqueuer.create_many_ids(user_id, _requests())) == COUNT
+
+
+async def _waiting_on_a_lock(store: Store) -> bool:
+    waiting: int = await store.pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return waiting > 0
 
 
 async def test_an_owner_deleted_before_the_create_writes_nothing(
