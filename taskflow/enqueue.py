@@ -298,14 +298,12 @@ class Enqueuer:
         self, user_id: int, requests: Sequence[TaskCreate], *, ids_only: bool
     ) -> list[Record]:
         ids = new_task_ids(len(requests))
-        if len(requests) > INSERT_PART_SIZE and not any(item.depends_on for item in requests):
+        has_dependencies = any(item.depends_on for item in requests)
+        if len(requests) > INSERT_PART_SIZE and not has_dependencies:
             rows = await self._create_in_parts(user_id, requests, ids, ids_only=ids_only)
         else:
-            tasks = [
-                self.validate(item, prefix=f"tasks[{index}]", task_id=ids[index])
-                for index, item in enumerate(requests)
-            ]
-            if any(item.depends_on for item in requests):
+            tasks = self._validate_items(requests, ids, range(len(requests)))
+            if has_dependencies:
                 resolved = resolve(
                     [item.depends_on for item in requests], [task.id for task in tasks], batch=True
                 )
@@ -328,10 +326,15 @@ class Enqueuer:
             user_id, admission=self.admission, ids_only=ids_only
         ) as parts:
             for start in range(0, len(requests), INSERT_PART_SIZE):
-                await parts.send(
-                    [
-                        self.validate(requests[index], prefix=f"tasks[{index}]", task_id=ids[index])
-                        for index in range(start, min(start + INSERT_PART_SIZE, len(requests)))
-                    ]
-                )
+                end = min(start + INSERT_PART_SIZE, len(requests))
+                await parts.send(self._validate_items(requests, ids, range(start, end)))
             return await parts.rows()
+
+    def _validate_items(
+        self, requests: Sequence[TaskCreate], ids: Sequence[UUID], indexes: range
+    ) -> list[NewTask]:
+        """Items of a batch, named tasks[i] in errors, with the ids made for them."""
+        return [
+            self.validate(requests[index], prefix=f"tasks[{index}]", task_id=ids[index])
+            for index in indexes
+        ]

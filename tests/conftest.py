@@ -207,6 +207,15 @@ async def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+async def waiting_on_a_lock(store: Store) -> bool:
+    """Whether some session of the test's database waits for a lock now."""
+    waiting: int = await store.pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return waiting > 0
+
+
 async def new_user(store: Store, email: str = "worker-test@example.com") -> int:
     return await store.insert_user(email, "not-a-real-hash")
 

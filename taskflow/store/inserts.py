@@ -76,6 +76,12 @@ INSERT_TASKS = _insert_tasks(TASK_COLUMNS, "inserted.*")
 # For a producer that needs only the new ids: the rows are not sent back and
 # decoded (3.4 - 7 us a task of a bulk create's ~25 on the caller's side).
 INSERT_TASK_IDS = _insert_tasks("id, type", "inserted.id")
+
+
+def _insert_tasks_query(ids_only: bool) -> str:
+    return INSERT_TASK_IDS if ids_only else INSERT_TASKS
+
+
 # Single creates of many requests at once, in one statement (group commit).
 # Never with dependencies: those take locks first (insert_task).
 INSERT_TASKS_OF_USERS = f"""
@@ -357,9 +363,11 @@ class TaskInserts(Queries):
         """All or nothing, in one transaction; rows in the order of ``tasks``,
         holding only ``id`` with ``ids_only``. Raises LimitExceeded over a
         creation limit."""
-        query = INSERT_TASK_IDS if ids_only else INSERT_TASKS
         rows = await self._insert(
-            tasks, user_id, query, *_insert_tasks_arguments(user_id, tasks, admission)
+            tasks,
+            user_id,
+            _insert_tasks_query(ids_only),
+            *_insert_tasks_arguments(user_id, tasks, admission),
         )
         return _in_order(rows, tasks)
 
@@ -369,10 +377,9 @@ class TaskInserts(Queries):
     ) -> AsyncIterator[PartInserts]:
         """A create of many tasks sent part by part (PartInserts), committed when
         the block ends without an error, rolled back whole otherwise."""
-        query = INSERT_TASK_IDS if ids_only else INSERT_TASKS
         with _Refusals():
             async with self.pool.acquire() as connection, connection.transaction():
-                parts = PartInserts(connection, user_id, admission, query)
+                parts = PartInserts(connection, user_id, admission, _insert_tasks_query(ids_only))
                 try:
                     yield parts
                 finally:

@@ -13,7 +13,7 @@ from taskflow.errors import LimitExceeded, ValidationFailed
 from taskflow.handlers import Registry
 from taskflow.models import TaskCreate
 from taskflow.store.pool import connect
-from tests.conftest import new_user, wait_until
+from tests.conftest import new_user, wait_until, waiting_on_a_lock
 from tests.stores import Store
 
 # Three parts, the last a short one.
@@ -92,7 +92,7 @@ async def test_a_create_cancelled_with_a_part_in_flight_writes_nothing(
         await holder.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", user_id)
         creating = asyncio.create_task(enqueuer.create_many_ids(user_id, _requests()))
         await wait_until(
-            lambda: _waiting_on_a_lock(store), timeout=10, what="the first part waiting"
+            lambda: waiting_on_a_lock(store), timeout=10, what="the first part waiting"
         )
         creating.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -102,14 +102,6 @@ async def test_a_create_cancelled_with_a_part_in_flight_writes_nothing(
         await holder.close()
     await _nothing_written(store)
     assert len(await enqueuer.create_many_ids(user_id, _requests())) == COUNT
-
-
-async def _waiting_on_a_lock(store: Store) -> bool:
-    waiting: int = await store.pool.fetchval(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )
-    return waiting > 0
 
 
 async def test_an_owner_deleted_before_the_create_writes_nothing(

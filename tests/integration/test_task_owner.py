@@ -13,7 +13,7 @@ import pytest
 from taskflow.errors import ValidationFailed
 from taskflow.store.inserts import NewTask
 from taskflow.store.pool import connect
-from tests.conftest import new_user
+from tests.conftest import new_user, wait_until, waiting_on_a_lock
 from tests.stores import Store
 
 INSERT = """
@@ -85,7 +85,7 @@ async def test_a_user_deleted_during_an_insert_takes_the_new_tasks_along(
             deleting = asyncio.create_task(
                 deleter.execute("DELETE FROM users WHERE id = $1", user_id)
             )
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: waiting_on_a_lock(store), timeout=10, what="the deletion")
             assert not deleting.done(), "the deletion must wait for the insert's owner lock"
         assert await asyncio.wait_for(deleting, 10) == "DELETE 1"
         assert await _tasks_of(store, user_id) == 0
@@ -106,7 +106,7 @@ async def test_an_insert_that_waited_for_a_deletion_follows_its_outcome(
         await transaction.start()
         await deleter.execute("DELETE FROM users WHERE id = $1", user_id)
         inserting = asyncio.create_task(inserter.execute(INSERT, [user_id] * 5))
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: waiting_on_a_lock(store), timeout=10, what="the insert")
         assert not inserting.done(), "the insert must wait for the deletion"
         if deletion_commits:
             await transaction.commit()
