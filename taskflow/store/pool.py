@@ -5,11 +5,12 @@ The store package is the only importer of asyncpg. Its modules follow the
 audiences of the database: ``accounts`` and ``tasks`` (the API's queries),
 ``engine`` (the worker's and scheduler's guarded transitions), ``operators``
 (``taskflow status``, retention), ``events`` (live streams and the dashboard),
-``migrations``. Each query is a named constant run by the method of the same
-name. Every change of a task's status is a guarded UPDATE (``... AND status =
-...``): no returned row means the transition was not allowed, or somebody else
-got there first. History rows are written by the triggers of
-``db/migrations/0001_initial.sql`` in the same transaction as the change.
+``migrations``; ``lean_pool`` is the pool they share. Each query is a named
+constant run by the method of the same name. Every change of a task's status
+is a guarded UPDATE (``... AND status = ...``): no returned row means the
+transition was not allowed, or somebody else got there first. History rows are
+written by the triggers of ``db/migrations/0001_initial.sql`` in the same
+transaction as the change.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import orjson
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from taskflow.errors import StoreUnavailable
+from taskflow.store.lean_pool import create_lean_pool
 from taskflow.waiting import wait_any
 
 log = logging.getLogger(__name__)
@@ -100,13 +102,6 @@ def _server_settings(
     return settings
 
 
-async def _keep_session(_connection: asyncpg.Connection) -> None:
-    """Pool release without asyncpg's reset query (RESET ALL, UNLISTEN *, ...):
-    TaskFlow never leaves session state on a pooled connection (its
-    set_config calls are transaction-local; LISTEN uses its own connection),
-    and the reset would cost a round trip on every query."""
-
-
 async def connect(
     dsn: str, *, application_name: str = "taskflow", actor: str | None = None
 ) -> asyncpg.Connection:
@@ -127,12 +122,11 @@ async def create_pool(
     notify_queued: bool = True,
 ) -> asyncpg.Pool:
     try:
-        pool = await asyncpg.create_pool(
+        pool = await create_lean_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
-            reset=_keep_session,
             server_settings=_server_settings(application_name, actor, notify_queued),
             timeout=10,
             command_timeout=60,
