@@ -228,7 +228,8 @@ class UserFiles:
             raise ValueError(f"user_id must be a non-negative int, got {user_id!r}")
         if quota_bytes is not None and (isinstance(quota_bytes, bool) or quota_bytes < 0):
             raise ValueError(f"quota_bytes must be None or a non-negative int, got {quota_bytes!r}")
-        self.base = Path(base)
+        # Made for every attempt: a Path given is kept, not parsed again (~2 µs).
+        self.base = base if isinstance(base, Path) else Path(base)
         self.user_id = user_id
         self.quota_bytes = quota_bytes
 

@@ -19,9 +19,10 @@ from pydantic import ValidationError
 
 from taskflow.errors import PermanentError, TransientError
 from taskflow.handlers import TaskContext, TaskType
-from taskflow.metrics import HANDLER_SECONDS
+from taskflow.metrics import HANDLER_SECONDS, Children
 
 log = logging.getLogger(__name__)
+_HANDLER_SECONDS = Children(HANDLER_SECONDS)
 
 
 class Ending(StrEnum):
@@ -73,7 +74,10 @@ async def run_attempt(
         return _failed(Ending.PERMANENT, f"invalid payload: {exc.errors(include_url=False)}")
     context = make_context()
     started = time.perf_counter()
-    log.debug("task started", extra={**log_fields, "event": "task_started"})
+    # Built only when wanted: two dicts a task are ~1 µs of a no-op task's ~60.
+    debug = log.isEnabledFor(logging.DEBUG)
+    if debug:
+        log.debug("task started", extra={**log_fields, "event": "task_started"})
     deadline = asyncio.timeout(timeout_seconds)
     try:
         async with deadline:
@@ -81,7 +85,7 @@ async def run_attempt(
                 result = await task_type.handler(validated, context)
             finally:
                 seconds = time.perf_counter() - started
-                HANDLER_SECONDS.labels(type_name).observe(seconds)
+                _HANDLER_SECONDS(type_name).observe(seconds)
                 observe_seconds(seconds)
     except TimeoutError as exc:
         if deadline.expired():
@@ -100,8 +104,9 @@ async def run_attempt(
             extra={**log_fields, "event": "task_error", "error": repr(exc)},
         )
         return _failed(Ending.TRANSIENT, f"{type(exc).__name__}: {exc}")
-    log.debug(
-        "task finished",
-        extra={**log_fields, "event": "task_done", "seconds": time.perf_counter() - started},
-    )
+    if debug:
+        log.debug(
+            "task finished",
+            extra={**log_fields, "event": "task_done", "seconds": time.perf_counter() - started},
+        )
     return AttemptEnd(Ending.DONE, result=result, has_result=True)

@@ -46,7 +46,7 @@ from uuid import UUID
 from taskflow.broker import Broker
 from taskflow.config import Settings
 from taskflow.handlers import Registry
-from taskflow.metrics import START_LATENCY_SECONDS
+from taskflow.metrics import START_LATENCY_SECONDS, Children
 from taskflow.store.dispatch import DispatchStore
 from taskflow.store.engine import EngineStore, Outcome
 from taskflow.store.pool import DATABASE_ERRORS, Listener, Record
@@ -58,6 +58,7 @@ from taskflow.worker.recording import Recorder, keep_leases
 from taskflow.worker.slots import Slots
 
 log = logging.getLogger(__name__)
+_START_LATENCY_SECONDS = Children(START_LATENCY_SECONDS)
 
 LISTEN_CHANNELS = ("taskflow_queued", "taskflow_cancel")
 
@@ -311,7 +312,7 @@ class Worker:
                 continue
             running.slot_held = True
             waited = (datetime.now(UTC) - row["run_at"]).total_seconds()
-            START_LATENCY_SECONDS.labels(running.task_type).observe(max(waited, 0.0))
+            _START_LATENCY_SECONDS(running.task_type).observe(max(waited, 0.0))
             job = asyncio.create_task(self._execute(row, running), name=f"task {row['id']}")
             running.job = job
             # A callback, not a finally: a job cancelled before its first step

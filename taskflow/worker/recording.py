@@ -17,12 +17,13 @@ from uuid import UUID
 
 from taskflow.batching import Batcher
 from taskflow.config import Settings
-from taskflow.metrics import TASKS_FINISHED
+from taskflow.metrics import TASKS_FINISHED, Children
 from taskflow.store.engine import EngineStore, Outcome
 from taskflow.store.pool import DATABASE_ERRORS
 from taskflow.waiting import wait_event
 
 log = logging.getLogger(__name__)
+_TASKS_FINISHED = Children(TASKS_FINISHED)
 
 
 class Recorder:
@@ -67,7 +68,7 @@ class Recorder:
                 extra={**log_fields, "event": "fenced_out"},
             )
             return
-        TASKS_FINISHED.labels(log_fields["task_type"], status).inc()
+        _TASKS_FINISHED(log_fields["task_type"], status).inc()
         if status == "done":
             self.completed += 1
         log.log(

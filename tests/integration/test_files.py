@@ -86,6 +86,14 @@ def test_users_do_not_see_each_other(base: Path) -> None:
         bob.read_bytes("../1/secret.txt")
 
 
+def test_a_base_given_as_text_is_the_same_area(base: Path) -> None:
+    # A Path is kept as given (made for every attempt); text is made one.
+    assert UserFiles(base, 7).base is base
+    UserFiles(str(base), 7).write_atomic("note.txt", b"from text")
+    assert UserFiles(base, 7).read_bytes("note.txt") == b"from text"
+    assert (base / "7" / "note.txt").read_bytes() == b"from text"
+
+
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_hostile_names_are_refused_everywhere(files: UserFiles, base: Path, name: str) -> None:
     (base / "7").mkdir(parents=True)
