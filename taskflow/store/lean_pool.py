@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 from asyncpg.connection import Connection
 from asyncpg.pool import Pool, PoolConnectionHolder, PoolConnectionProxy
+from asyncpg.protocol.protocol import BaseProtocol
 
 _NEEDED = {
     Pool: ("_queue", "_generation", "_closing", "_check_init", "_schedule_min_size_maintenance"),
@@ -49,6 +50,7 @@ _NEEDED = {
     ),
     PoolConnectionProxy: ("_con", "_holder"),
     Connection: ("_protocol", "_top_xact", "_listeners", "_log_listeners", "_on_release"),
+    BaseProtocol: ("_is_cancelling", "is_in_transaction", "queries_count"),
 }
 FAST_PATHS = all(hasattr(cls, name) for cls, names in _NEEDED.items() for name in names)
 
