@@ -7,8 +7,9 @@ query. Its ``acquire`` goes through two nested coroutines and a queue's
 ``get``. Measured against a connection held by the caller, for ``SELECT 1``
 in a loop (CPU per query): the stock pool adds 40 - 46 µs on asyncio's loop
 and 36 µs on uvloop. Doing the common case inline removes 26 - 30 µs and
-19 µs of that, and ~7 % of a single ``Enqueuer.create`` (549 -> 511 µs wall,
-184 -> 153 µs CPU, alternated loops of 300).
+19 µs of that, and 4 - 5 % of a single ``Enqueuer.create`` against the stock
+pool (532 -> 511 µs wall on asyncio's loop, 556 -> 526 on uvloop; alternated
+loops of 300).
 
 The common case is a connection that comes back in a clean state: open, not in
 a transaction, with no cancellation in progress, not expired, and under its
